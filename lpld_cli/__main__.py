@@ -1,0 +1,3 @@
+from lpld_cli.cli import main
+
+main()

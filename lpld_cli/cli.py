@@ -1,0 +1,43 @@
+"""The Typer app: registers every command; errors are mapped in commands/_ui.errors_to_exit."""
+
+from __future__ import annotations
+
+import typer
+
+from lpld_cli import __version__
+from lpld_cli.commands import report, squeeze, verify
+from lpld_cli.commands._pending import pending
+
+app = typer.Typer(
+    name="lpld",
+    help="Dataset distillation with label pruning (LPLD): squeeze → recover → relabel → "
+         "prune → train → report, over a content-addressed artifact store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("squeeze")(squeeze.command)
+app.command("recover")(pending("recover"))
+app.command("relabel")(pending("relabel"))
+app.command("prune")(pending("prune"))
+app.command("train")(pending("train"))
+app.add_typer(report.app, name="report")
+app.command("verify")(verify.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lpld {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def main() -> None:
+    app(prog_name="lpld")

@@ -1,0 +1,1 @@
+"""One thin module per command: parse options, build a config, call the core, print."""

@@ -1,0 +1,92 @@
+"""The options every command takes (DESIGN §2), and the decorator that adds them."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+from lpld_cli.commands._ui import errors_to_exit
+from lpld_cli.device import resolve_device
+from lpld_cli.storage.store import Artifact, Store
+
+
+@dataclass
+class Common:
+    """Resolved global options, handed to every command as its first argument."""
+
+    store: Store
+    device_name: str
+    seed: int
+    json: bool
+    force: bool
+    started: float
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.device_name)
+
+    def result(self, command: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The result object of DESIGN §2."""
+        return {"command": command, "artifact": artifact.to_json(), "parents": artifact.parents,
+                "config": artifact.config, "metrics": metrics,
+                "seconds": round(time.perf_counter() - self.started, 3)}
+
+
+_COMMON = [
+    inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        Path | None, typer.Option(help="Artifact store [env LPLD_STORE; default ./lpld-store].",
+                                  show_default=False)], default=None),
+    inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")],
+        default="auto"),
+    inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        int, typer.Option(help="Random seed; part of every artifact's identity.")], default=0),
+    inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout; everything else "
+                           "goes to stderr.")], default=False),
+    inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        bool, typer.Option("--force", help="Recompute even when an identical artifact exists.")],
+        default=False),
+]
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --store/--device/--seed/--json/--force; pass them to `func` as a `Common`."""
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
+           if p.name != "common"]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        store = kwargs.pop("store") or Path(os.environ.get("LPLD_STORE", "lpld-store"))
+        common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
+                        kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
+        with errors_to_exit():
+            return func(common, **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _COMMON
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read the new signature, not the original
+    return wrapper
+
+
+def resolve_parent(common: Common, kind: str, ref: str | None, **selectors: Any) -> Artifact:
+    """`--from ID` (verified, of `kind`), else the newest matching artifact; say which."""
+    from lpld_cli.commands._ui import info
+
+    if ref:
+        artifact = common.store.get(ref, kind=kind)
+        info(f"using {kind} {artifact.short} (--from)")
+    else:
+        artifact = common.store.newest(kind, **selectors)
+        info(f"using {kind} {artifact.short} (newest matching)")
+    return artifact

@@ -1,0 +1,102 @@
+"""Human output: rich progress and messages on stderr; the result on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from lpld_cli.errors import LpldError
+
+stderr = Console(stderr=True, highlight=False)
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, description: str, total: float | None) -> None:
+        self.progress = progress
+        self.id = progress.add_task(description, total=total, fields="")
+
+    def advance(self, n: float = 1, **fields: Any) -> None:
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in fields.items())
+        self.progress.update(self.id, advance=n, fields=text)
+
+    def close(self) -> None:
+        self.progress.remove_task(self.id)
+
+
+class RichReporter:
+    """Progress bars (with ETA) and log lines on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[fields]}"), console=stderr, transient=True,
+            disable=quiet)
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def task(self, description: str, total: float | None) -> _RichTask:
+        return _RichTask(self.progress, description, total)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(message)
+
+
+def info(message: str) -> None:
+    stderr.print(message)
+
+
+def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
+    """Exactly one JSON object on stdout with --json; else a human summary on stdout."""
+    if as_json:
+        sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
+    else:
+        sys.stdout.write(human.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """The one place where lpld's errors become `Error: …` lines and exit codes.
+
+    A traceback is shown only with LPLD_DEBUG=1.
+    """
+    debug = os.environ.get("LPLD_DEBUG") == "1"
+    try:
+        yield
+    except LpldError as exc:
+        if debug:
+            raise
+        stderr.print(f"Error: {exc.message}", markup=False, soft_wrap=True)
+        if exc.hint:
+            stderr.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        stderr.print("Error: interrupted; the store is unchanged (resumable stages pick up "
+                     "where they stopped)", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None

@@ -1,0 +1,60 @@
+"""`lpld squeeze`: the teacher and its class-wise BN statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._ui import RichReporter, emit, info
+from lpld_cli.data.presets import get_preset
+from lpld_cli.squeeze import SqueezeConfig, squeeze
+
+
+@common_options
+def command(
+    common: Common,
+    dataset: Annotated[str, typer.Option(help="fashion-mnist | mnist | imagefolder | "
+                                         "tiny-imagenet | imagenet-1k | imagenet-21k-p")
+                       ] = "fashion-mnist",
+    data: Annotated[str | None, typer.Option(
+        help="Dataset folder [fashion-mnist: $LPLD_DATA, then "
+             "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="convnet | resnet18 | resnet50 | mobilenet_v2 | efficientnet_b0 | timm:<name> "
+             "[default: the dataset preset's].", show_default=False)] = None,
+    width: Annotated[int, typer.Option(help="ConvNet width.")] = 64,
+    depth: Annotated[int, typer.Option(help="ConvNet depth (conv blocks).")] = 3,
+    weights: Annotated[Path | None, typer.Option(
+        help="A trained teacher's state dict (safetensors, or a torch file loaded with "
+             "weights_only=True); skips training.", show_default=False)] = None,
+    teacher_epochs: Annotated[int | None, typer.Option(
+        help="Teacher training epochs [default: the preset's].", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Teacher training batch size [default: the preset's].", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Teacher learning rate (SGD, Nesterov, cosine) [default: the preset's].",
+        show_default=False)] = None,
+    bn_stats: Annotated[str, typer.Option(
+        help="Class-wise BN statistics: exact (pooled over the pass, float64) or ema "
+             "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
+) -> None:
+    """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
+    preset = get_preset(dataset)
+    config = SqueezeConfig(
+        dataset=dataset, model=model or preset.teacher_model, width=width, depth=depth,
+        teacher_epochs=preset.teacher_epochs if teacher_epochs is None else teacher_epochs,
+        batch_size=batch_size or preset.teacher_batch_size,
+        lr=preset.teacher_lr if lr is None else lr, weight_decay=preset.teacher_weight_decay,
+        bn_stats=bn_stats, seed=common.seed)
+    device = common.device
+    with RichReporter(quiet=False) as reporter:
+        artifact = squeeze(common.store, config, data_root=data, weights=weights,
+                           device=device, force=common.force, reporter=reporter)
+    m = artifact.metrics
+    info(f"teacher {artifact.short}{' (cached)' if artifact.cached else ''}")
+    emit(common.result("squeeze", artifact, m), common.json,
+         f"teacher {artifact.id}\n  top-1 {m['top1']:.4f}  top-5 {m.get('top5', float('nan')):.4f}"
+         f"  images seen {m['images_seen']}\n  {artifact.path}")

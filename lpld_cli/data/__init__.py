@@ -1,0 +1,1 @@
+"""Real datasets, presets and replayable augmentations."""

@@ -1,0 +1,40 @@
+"""Accuracy on the real test split, shared by squeeze and train."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lpld_cli.data.datasets import RealData
+from lpld_cli.device import autocast
+from lpld_cli.progress import SILENT, Reporter
+
+
+@torch.no_grad()
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return int((top == labels[:, None]).any(1).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: RealData, device: torch.device, batch_size: int = 500,
+             reporter: Reporter = SILENT) -> dict[str, float]:
+    """Top-1 and top-5 of `model` on the real test split (top-5 only when classes > 5)."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = 0
+    task = reporter.task("evaluate", data.num_batches("test", batch_size))
+    for x, y in data.batches("test", batch_size, device):
+        with autocast(device):
+            logits = model(x).float()
+        correct1 += topk_correct(logits, y, 1)
+        correct5 += topk_correct(logits, y, 5)
+        seen += len(y)
+        task.advance(1)
+    task.close()
+    model.train(was_training)
+    result = {"top1": correct1 / seen}
+    if data.num_classes > 5:
+        result["top5"] = correct5 / seen
+    return result

@@ -1,0 +1,77 @@
+"""A teacher artifact's payload: weights, model spec, data info, class-wise BN statistics.
+
+    weights.safetensors    the network's state dict (no pickle)
+    bn_stats.safetensors   per BN layer L: L.mean [K, C], L.var [K, C], L.count [K]
+                           (class-wise) and L.global_mean / L.global_var [C]
+    model.json             the model spec (models.factory.model_spec)
+    data.json              dataset, class names, image size, channels, mean, std
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lpld_cli.errors import ConfigError
+from lpld_cli.models.bn_stats import ClassStats, bn_layers
+from lpld_cli.models.factory import build_model
+from lpld_cli.storage.store import Artifact
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: the network (eval mode) and what recover needs beside it."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    data: dict[str, Any]
+    class_stats: dict[str, ClassStats] | None
+    artifact_id: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+
+def save_teacher(folder: Path, model: nn.Module, spec: dict[str, Any], data: dict[str, Any],
+                 class_stats: dict[str, ClassStats]) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, bn in bn_layers(model).items():
+        stats = class_stats[name]
+        tensors[f"{name}.mean"] = stats.mean.contiguous()
+        tensors[f"{name}.var"] = stats.var.contiguous()
+        tensors[f"{name}.count"] = stats.count.contiguous()
+        tensors[f"{name}.global_mean"] = bn.running_mean.detach().cpu().clone()
+        tensors[f"{name}.global_var"] = bn.running_var.detach().cpu().clone()
+    save_file(tensors, str(folder / "bn_stats.safetensors"))
+    (folder / "model.json").write_text(json.dumps(spec, indent=2))
+    (folder / "data.json").write_text(json.dumps(data, indent=2))
+
+
+def load_teacher(artifact: Artifact, device: torch.device | str = "cpu") -> Teacher:
+    """Rebuild the teacher network in eval mode with its class-wise statistics."""
+    if artifact.kind != "teacher":
+        raise ConfigError(f"artifact {artifact.short} is a {artifact.kind}, not a teacher")
+    spec = json.loads(artifact.file("model.json").read_text())
+    data = json.loads(artifact.file("data.json").read_text())
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(artifact.file("weights.safetensors"))))
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tensors = load_file(str(artifact.file("bn_stats.safetensors")))
+    stats = {}
+    for name in bn_layers(model):
+        if f"{name}.mean" in tensors:
+            stats[name] = ClassStats(tensors[f"{name}.mean"].to(device),
+                                     tensors[f"{name}.var"].to(device),
+                                     tensors[f"{name}.count"])
+    return Teacher(model, spec, data, stats or None, artifact.id)

@@ -1,0 +1,139 @@
+"""Squeeze: train (or load) the teacher, evaluate it, compute class-wise BN statistics."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpld_cli.data.datasets import RealData, load_dataset
+from lpld_cli.device import autocast, seed_everything
+from lpld_cli.errors import ConfigError
+from lpld_cli.metrics import evaluate
+from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
+from lpld_cli.models.factory import build_model, check_input, load_weights, model_spec
+from lpld_cli.models.teacher import save_teacher
+from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.store import Artifact, Store, sha256_file
+
+
+@dataclass(frozen=True)
+class SqueezeConfig:
+    # data and network
+    dataset: str = "fashion-mnist"
+    model: str = "convnet"
+    width: int = 64  # convnet only
+    depth: int = 3  # convnet only
+    # a given teacher (sha256 of --weights) replaces training
+    weights_sha256: str | None = None
+    # the teacher's training recipe (SGD + Nesterov, cosine per step)
+    teacher_epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    # class-wise statistics: "exact" (pooled) or "ema" (the authors' per-batch EMA)
+    bn_stats: str = "exact"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.teacher_epochs < 1 and self.weights_sha256 is None:
+            raise ConfigError(f"--teacher-epochs must be at least 1 (got {self.teacher_epochs})",
+                              "or pass --weights to use a trained teacher")
+        if self.bn_stats not in BN_STATS_MODES:
+            raise ConfigError(f"unknown --bn-stats {self.bn_stats!r}", "choose exact or ema")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+
+
+def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None,
+            weights: str | Path | None = None, device: torch.device | None = None,
+            force: bool = False, reporter: Reporter = SILENT) -> Artifact:
+    """Make (or find) the teacher artifact for `config`."""
+    device = device or torch.device("cpu")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ConfigError(f"--weights {weights} does not exist", "pass a local weights file")
+        config = SqueezeConfig(**{**asdict(config), "weights_sha256": sha256_file(Path(weights))})
+    config.validate()
+    data = load_dataset(config.dataset, data_root)
+    spec = model_spec(config.model, data.num_classes, data.preset.channels,
+                      data.preset.image_size, config.width, config.depth)
+    model = build_model(spec)
+    check_input(model, spec)
+    if not bn_layers(model):
+        raise ConfigError(f"model {config.model} has no BatchNorm2d layers",
+                          "squeeze needs a network with BN layers")
+    if weights is not None:
+        load_weights(model, weights)
+
+    def build(staging) -> dict:
+        seed_everything(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        model.to(device)
+        seen = 0
+        if weights is None:
+            seen = _train_teacher(model, data, config, device, generator, reporter)
+        scores = evaluate(model, data, device, reporter=reporter)
+        reporter.log(f"teacher top-1 {scores['top1']:.4f} on {data.name} test")
+        stats = class_bn_stats(
+            model, data.batches("train", 256, device, augment=True, shuffle=True,
+                                generator=generator),
+            data.num_classes, config.bn_stats, total=data.num_batches("train", 256),
+            reporter=reporter)
+        save_teacher(staging.path, model, spec, _data_info(data), stats)
+        bn_images = int(next(iter(stats.values())).count.sum())
+        return {**scores, "images_seen": seen, "bn_images": bn_images}
+
+    return store.produce("teacher", asdict(config), [], build, force=force,
+                         selectors={"dataset": config.dataset, "model": config.model,
+                                    "bn_stats": config.bn_stats})
+
+
+def _data_info(data: RealData) -> dict:
+    p = data.preset
+    return {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
+            "channels": p.channels, "mean": list(p.mean), "std": list(p.std)}
+
+
+def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
+                   device: torch.device, generator: torch.Generator, reporter: Reporter) -> int:
+    """SGD with Nesterov momentum and a per-step cosine schedule; returns images seen."""
+    steps_per_epoch = data.num_batches("train", config.batch_size)
+    total = config.teacher_epochs * steps_per_epoch
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config.lr, momentum=0.9, nesterov=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    loss_fn = nn.CrossEntropyLoss()
+    seen = 0
+    model.train()
+    task = reporter.task("train teacher", total)
+    start = time.perf_counter()
+    for epoch in range(config.teacher_epochs):
+        correct = 0
+        count = 0
+        for x, y in data.batches("train", config.batch_size, device, augment=True,
+                                 shuffle=True, generator=generator):
+            with autocast(device):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+            task.advance(1, loss=float(loss.detach()), acc=correct / count, epoch=epoch + 1)
+        reporter.log(f"teacher epoch {epoch + 1}/{config.teacher_epochs}: train acc "
+                     f"{correct / count:.4f} ({time.perf_counter() - start:.0f}s)")
+    task.close()
+    return seen
