@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 
 from lpld_cli import __version__
-from lpld_cli.commands import report, squeeze, verify
-from lpld_cli.commands._pending import pending
+from lpld_cli.commands import prune, recover, relabel, report, squeeze, train, verify
 
 app = typer.Typer(
     name="lpld",
@@ -19,10 +18,10 @@ app = typer.Typer(
 )
 
 app.command("squeeze")(squeeze.command)
-app.command("recover")(pending("recover"))
-app.command("relabel")(pending("relabel"))
-app.command("prune")(pending("prune"))
-app.command("train")(pending("train"))
+app.command("recover")(recover.command)
+app.command("relabel")(relabel.command)
+app.command("prune")(prune.command)
+app.command("train")(train.command)
 app.add_typer(report.app, name="report")
 app.command("verify")(verify.command)
 

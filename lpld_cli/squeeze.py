@@ -37,6 +37,8 @@ class SqueezeConfig:
     weight_decay: float = 5e-4
     # class-wise statistics: "exact" (pooled) or "ema" (the authors' per-batch EMA)
     bn_stats: str = "exact"
+    # only this many (seeded, random) training images: quick first tries and tests
+    train_subset: int | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -45,6 +47,8 @@ class SqueezeConfig:
                               "or pass --weights to use a trained teacher")
         if self.bn_stats not in BN_STATS_MODES:
             raise ConfigError(f"unknown --bn-stats {self.bn_stats!r}", "choose exact or ema")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"--train-subset must be at least 1 (got {self.train_subset})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
 
@@ -60,6 +64,8 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
         config = SqueezeConfig(**{**asdict(config), "weights_sha256": sha256_file(Path(weights))})
     config.validate()
     data = load_dataset(config.dataset, data_root)
+    if config.train_subset is not None:
+        data = data.subset(config.train_subset, config.seed)
     spec = model_spec(config.model, data.num_classes, data.preset.channels,
                       data.preset.image_size, config.width, config.depth)
     model = build_model(spec)

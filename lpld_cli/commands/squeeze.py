@@ -37,6 +37,9 @@ def command(
     lr: Annotated[float | None, typer.Option(
         help="Teacher learning rate (SGD, Nesterov, cosine) [default: the preset's].",
         show_default=False)] = None,
+    train_subset: Annotated[int | None, typer.Option(
+        help="Use only N seeded random training images (a quick first try).",
+        show_default=False)] = None,
     bn_stats: Annotated[str, typer.Option(
         help="Class-wise BN statistics: exact (pooled over the pass, float64) or ema "
              "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
@@ -48,7 +51,7 @@ def command(
         teacher_epochs=preset.teacher_epochs if teacher_epochs is None else teacher_epochs,
         batch_size=batch_size or preset.teacher_batch_size,
         lr=preset.teacher_lr if lr is None else lr, weight_decay=preset.teacher_weight_decay,
-        bn_stats=bn_stats, seed=common.seed)
+        bn_stats=bn_stats, train_subset=train_subset, seed=common.seed)
     device = common.device
     with RichReporter(quiet=False) as reporter:
         artifact = squeeze(common.store, config, data_root=data, weights=weights,

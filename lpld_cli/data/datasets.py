@@ -8,11 +8,12 @@ decoded by DataLoader workers.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,18 @@ class RealData:
         n = (len(self.train_images if split == "train" else self.test_images) if self.in_memory
              else len(self.train if split == "train" else self.test))
         return -(-n // batch_size)
+
+    def subset(self, n: int, seed: int) -> RealData:
+        """The same dataset with only `n` seeded random training images (quick runs, tests)."""
+        if n >= self.num_train():
+            return self
+        keep = torch.randperm(self.num_train(), generator=torch.Generator().manual_seed(seed))[:n]
+        if self.in_memory:
+            return replace(self, train_images=self.train_images[keep],
+                           train_labels=self.train_labels[keep])
+        train = copy.copy(self.train)
+        train.samples = [self.train.samples[int(i)] for i in keep]
+        return replace(self, train=train)
 
     def sample_train_images(self, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A seeded random subset of `per_class` training images per class, in [0, 1]."""

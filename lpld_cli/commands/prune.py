@@ -1,0 +1,5 @@
+"""`lpld prune` (pending its issue)."""
+
+from lpld_cli.commands._pending import pending
+
+command = pending("prune")

@@ -1,0 +1,5 @@
+"""`lpld report accuracy` (pending its issue)."""
+
+from lpld_cli.commands._pending import pending
+
+command = pending("report accuracy")
