@@ -169,8 +169,9 @@ class Store:
                 return artifact
         what = ", ".join(f"{k}={v}" for k, v in wanted.items())
         raise ArtifactNotFoundError(
-            f"no {kind} in store {self.root}" + (f" with {what}" if what else ""),
-            f"make one with `{MAKER[kind]}`" + (f" ({what})" if what else ""))
+            f"no {kind} in store {self.root}" + (f" with {what}" if what else "")
+            + f"; make one with `{MAKER[kind]}` first",
+            "or pass --from ID; --store or LPLD_STORE picks another store")
 
     def verify(self, artifact: Artifact) -> None:
         """Re-hash the payload against the manifest; raise ArtifactCorruptedError on mismatch."""
