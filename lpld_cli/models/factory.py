@@ -97,7 +97,7 @@ def check_input(model: nn.Module, spec: dict[str, Any]) -> None:
     try:
         with torch.no_grad():
             out = model(x)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:  # timm asserts sizes
         raise ConfigError(f"model {spec['arch']} does not accept {spec['image_size']}px "
                           f"{spec['in_chans']}-channel images ({str(exc).splitlines()[0]})",
                           "choose another --model") from None
