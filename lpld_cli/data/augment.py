@@ -150,3 +150,16 @@ def replay(images: torch.Tensor, row: Row, size: int | None = None) -> torch.Ten
     index = row.image_index[:valid].to(images.device, torch.long)
     x = resized_crop(images[index], row.crop[:valid], row.flip[:valid], size)
     return cutmix(x, row.mix_index[:valid], row.mix_box)
+
+
+def normalise(images: torch.Tensor, mean: list[float] | tuple[float, ...],
+              std: list[float] | tuple[float, ...]) -> torch.Tensor:
+    """uint8 image-set pixels [N, C, H, W] to the teacher's normalised float32 space.
+
+    The one conversion relabel and train apply to stored PNGs before `replay`, so both
+    feed the teacher/student bit-identical inputs.
+    """
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
