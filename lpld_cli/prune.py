@@ -1,0 +1,410 @@
+"""Prune: keep a subset of a label store's rows (paper §3.3.2, Fig. 5, Table 5, appendix E.1).
+
+A labels artifact stores one row per augmented batch the teacher saw. Pruning keeps
+⌊R / N⌋ of its R stored rows (at least one) for `--ratio N`, copied byte for byte into
+a new label store of the same schema, in the parent's row order. What training later
+samples from is this "label pool".
+
+The pool: only complete rows (every slot filled) are candidates; the incomplete last
+batch of an epoch never enters it (paper §4.1, "Pruning Setting"). With `epoch`
+granularity the candidates are whole epochs (their complete rows) instead of rows.
+
+Which rows: `random` (seeded), `first` (global order, the authors' released rule), or
+one of the five scores of appendix E.1 with `--select easy|hard|uniform`. Every score
+is an *easiness*: higher = easier, so `easy` keeps the highest scores and `hard` the
+lowest. All scores are per slot on the stored teacher logits (softmax at T = 1 where a
+probability is meant), then averaged over a row's filled slots; an epoch's score is
+the mean of its rows'. With CutMix a slot shows its own image (share λ) and its
+partner's (share 1 − λ): `correct` and `signed-diff` weight the two classes by those
+shares.
+
+Calibration (Table 5b): before selecting, drop the ⌊e·U⌋ easiest and ⌊h·U⌋ hardest of
+the U candidates by `confidence`; the metric then picks from what is left.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpld_cli.errors import ArtifactNotFoundError, ConfigError
+from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.images import image_labels
+from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits
+from lpld_cli.storage.store import Artifact, Staging, Store
+
+GRANULARITIES = ("batch", "epoch")
+# Appendix E.1's five scores; `random` and `first` need no score.
+SCORES = ("correct", "diff", "signed-diff", "cut-ratio", "confidence")
+METRICS = ("random", "first", *SCORES)
+SELECTIONS = ("easy", "hard", "uniform")
+# One line each; the command's --help repeats these.
+METRIC_HELP = {
+    "random": "seeded uniform choice without replacement",
+    "first": "the first complete rows in global (batch_id) order: the authors' released rule",
+    "correct": "share of slots whose teacher top-1 is the slot's true class; a mixed slot "
+               "counts λ for its own image's class and 1 − λ for its partner's",
+    "diff": "top-1 minus top-2 softmax probability (≥ 0; a margin, class-blind)",
+    "signed-diff": "softmax probability of the true class minus the largest other one "
+                   "(negative when the teacher is wrong); λ-weighted over the two classes "
+                   "of a mixed slot",
+    "cut-ratio": "the dominant image's share of a slot, max(λ, 1 − λ) (1 for an unmixed "
+                 "slot, 0.5 for an even CutMix)",
+    "confidence": "largest softmax probability",
+}
+# Attributes that LabelStore.create sets itself: never copied from the parent.
+_LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "logits_dtype", "codec")
+_RATIO = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*[xX]?\s*$")
+
+
+def parse_ratio(text: str | float) -> float:
+    """`40x`, `40`, `2.5x` -> 40.0, 40.0, 2.5; anything below 1 or not a number: ConfigError."""
+    hint = "give the reduction factor N ≥ 1, e.g. --ratio 40x (keep 1/40 of the rows) or 2.5x"
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = _RATIO.match(text)
+        if match is None:
+            raise ConfigError(f"--ratio {text!r} is not a number like 40x, 40 or 2.5x", hint)
+        value = float(match.group(1))
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"--ratio must be at least 1x (got {text!r})", hint)
+    return value
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    # how many: keep ⌊R / ratio⌋ rows (batch) or ⌊E / ratio⌋ epochs (epoch), at least one
+    ratio: float = 1.0
+    granularity: str = "batch"
+    # which: random | first | one of SCORES, then easy | hard | uniform (scores only)
+    metric: str = "random"
+    select: str | None = None
+    # Table 5b: fractions of the easiest / hardest candidates (by confidence) dropped first
+    calibrate_easy: float = 0.0
+    calibrate_hard: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # A score metric defaults to `uniform`; random/first have no selection.
+        if self.metric in SCORES and self.select is None:
+            object.__setattr__(self, "select", "uniform")
+
+    def validate(self) -> None:
+        parse_ratio(self.ratio)
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown --granularity {self.granularity!r}",
+                              f"choose one of: {', '.join(GRANULARITIES)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"unknown --metric {self.metric!r}",
+                              f"choose one of: {', '.join(METRICS)}")
+        if self.select is not None and self.select not in SELECTIONS:
+            raise ConfigError(f"unknown --select {self.select!r}",
+                              f"choose one of: {', '.join(SELECTIONS)}")
+        if self.select is not None and self.metric not in SCORES:
+            raise ConfigError(f"--select applies to scored metrics only, not --metric "
+                              f"{self.metric}", f"use it with one of: {', '.join(SCORES)}")
+        for name, value in (("--calibrate-easy", self.calibrate_easy),
+                            ("--calibrate-hard", self.calibrate_hard)):
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ConfigError(f"{name} must be a fraction in [0, 1) (got {value})",
+                                  "e.g. 0.1 drops the 10% of rows with that extreme confidence")
+        if self.calibrate_easy + self.calibrate_hard >= 1:
+            raise ConfigError(
+                f"--calibrate-easy + --calibrate-hard must be below 1 (got "
+                f"{self.calibrate_easy} + {self.calibrate_hard})", "nothing would be left to keep")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- scores
+def slot_scores(metric: str, logits: torch.Tensor, own: torch.Tensor, partner: torch.Tensor,
+                mixed: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Per-slot easiness [r, B] of one of SCORES (higher = easier).
+
+    logits [r, B, C] float; own / partner [r, B] the true class of the slot's image and of
+    its CutMix partner (−1 where unknown or empty); mixed [r, B] bool (partner is another
+    slot); lam [r] the share of each slot's own image.
+    """
+    lam = lam.float().view(-1, 1)
+    share = torch.where(mixed, lam, torch.ones_like(lam).expand_as(mixed))  # own image's share
+    if metric == "cut-ratio":
+        return torch.maximum(share, 1 - share)
+    prob = torch.softmax(logits.float(), dim=-1)
+    k = min(2, prob.shape[-1])
+    top = torch.topk(prob, k, dim=-1)
+    first = top.values[..., 0]
+    second = top.values[..., 1] if k == 2 else torch.zeros_like(first)
+    if metric == "confidence":
+        return first
+    if metric == "diff":
+        return first - second
+    own_c, partner_c = own.clamp(min=0).long(), partner.clamp(min=0).long()
+    if metric == "correct":
+        top1 = top.indices[..., 0]
+        return share * (top1 == own_c).float() + (1 - share) * (top1 == partner_c).float()
+    if metric == "signed-diff":
+        def margin(c: torch.Tensor) -> torch.Tensor:
+            p_c = prob.gather(-1, c.unsqueeze(-1)).squeeze(-1)
+            best_other = torch.where(top.indices[..., 0] == c, second, first)
+            return p_c - best_other
+        return share * margin(own_c) + (1 - share) * margin(partner_c)
+    raise ValueError(f"not a score metric: {metric!r}")
+
+
+def needs_classes(metric: str) -> bool:
+    return metric in ("correct", "signed-diff")
+
+
+def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = None,
+               on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
+    """Every row's score [R] (float64): the mean of its filled slots' `slot_scores`.
+
+    Reads the store chunk by chunk and only the arrays the metric needs.
+    """
+    if needs_classes(metric) and classes is None:
+        raise ValueError(f"metric {metric} needs the images' classes")
+    dtype = labels.attrs.get("logits_dtype", "float16")
+    out = np.empty(labels.rows, dtype=np.float64)
+    arrays = labels.arrays
+    step = labels.rows_per_chunk
+    for start in range(0, labels.rows, step):
+        stop = min(start + step, labels.rows)
+        index = torch.from_numpy(arrays["image_index"][start:stop].astype(np.int64))
+        mix_index = torch.from_numpy(arrays["mix_index"][start:stop].astype(np.int64))
+        lam = torch.from_numpy(arrays["mix_lambda"][start:stop].astype(np.float32))
+        valid = index >= 0
+        slots = torch.arange(index.shape[1]).expand_as(index)
+        partner_slot = mix_index.clamp(0, index.shape[1] - 1)
+        mixed = (mix_index != slots) & valid
+        if needs_classes(metric):
+            cls = torch.from_numpy(np.asarray(classes, dtype=np.int64))
+            own = torch.where(valid, cls[index.clamp(min=0)], -1)
+            partner_img = index.gather(1, partner_slot)
+            partner = torch.where(partner_img >= 0, cls[partner_img.clamp(min=0)], own)
+        else:
+            own = partner = torch.full_like(index, -1)
+        logits = (decode_logits(arrays["logits"][start:stop], dtype) if metric != "cut-ratio"
+                  else torch.zeros(*index.shape, 1))
+        score = slot_scores(metric, logits, own, partner, mixed, lam).double()
+        count = valid.sum(1).clamp(min=1)
+        out[start:stop] = ((score * valid).sum(1) / count).numpy()
+        if on_chunk is not None:
+            on_chunk(stop - start)
+    return out
+
+
+# ------------------------------------------------------------------- selection
+def keep_count(total: int, ratio: float) -> int:
+    """⌊total / ratio⌋, at least one (exact for decimal ratios such as 2.5)."""
+    return max(1, math.floor(Fraction(total) / Fraction(repr(float(ratio)))))
+
+
+def select_units(score: np.ndarray | None, n: int, how: str, order: np.ndarray,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """Positions (into the candidate list) of the `n` kept candidates.
+
+    `order` is each candidate's global position (ties and `first` follow it); `how`:
+    random | first | easy (highest scores) | hard (lowest) | uniform (an even spread
+    over the scores sorted from hardest to easiest: the middle of each of n strata).
+    """
+    u = len(order)
+    n = min(n, u)
+    if how == "random":
+        assert rng is not None
+        return np.sort(rng.choice(u, size=n, replace=False))
+    if how == "first":
+        return np.sort(np.argsort(order, kind="stable")[:n])
+    assert score is not None
+    # Ascending score, ties by global order: hardest first.
+    ranked = np.lexsort((order, score))
+    if how == "hard":
+        picked = ranked[:n]
+    elif how == "easy":
+        ranked = np.lexsort((order, -score))
+        picked = ranked[:n]
+    elif how == "uniform":
+        picked = ranked[((np.arange(n) + 0.5) * u / n).astype(np.int64)]
+    else:
+        raise ValueError(how)
+    return np.sort(picked)
+
+
+def calibrate(confidence: np.ndarray, order: np.ndarray, easy: float, hard: float) -> np.ndarray:
+    """Positions of the candidates left after dropping ⌊easy·U⌋ most and ⌊hard·U⌋ least
+    confident ones (Table 5b)."""
+    u = len(confidence)
+    ranked = np.lexsort((order, confidence))  # least confident (hardest) first
+    n_hard, n_easy = math.floor(hard * u), math.floor(easy * u)
+    return np.sort(ranked[n_hard:u - n_easy])
+
+
+@dataclass
+class Plan:
+    """What a prune keeps: parent row indices (ascending) and how they were chosen."""
+
+    rows: np.ndarray
+    pool_units: int
+    units: int
+    kept_units: int
+    score: np.ndarray | None  # per candidate unit (None for random/first)
+    kept_score: np.ndarray | None
+
+
+def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = None,
+         reporter: Reporter = SILENT) -> Plan:
+    """Decide which parent rows to keep (reads only what the metric needs, chunk by chunk)."""
+    attrs = labels.attrs
+    batch_id = labels.arrays["batch_id"][:].astype(np.int64)
+    complete = np.zeros(labels.rows, dtype=bool)
+    for start, stop in _chunks(labels):
+        complete[start:stop] = (labels.arrays["image_index"][start:stop] >= 0).all(axis=1)
+    if not complete.any():
+        raise ConfigError(
+            "the label store has no complete row: every stored batch has empty slots",
+            "relabel with a --batch-size no larger than the number of images")
+
+    # Candidate units: single rows, or epochs (groups of rows).
+    if config.granularity == "batch":
+        members = [np.array([r]) for r in np.flatnonzero(complete)]
+        unit_order = batch_id[complete]
+        total_units = labels.rows
+    else:
+        nb = attrs.get("batches_per_epoch")
+        if not nb:
+            raise ConfigError("epoch granularity needs the store's batches_per_epoch attribute",
+                              "use --granularity batch")
+        epoch = batch_id // int(nb)
+        present, counts = np.unique(epoch, return_counts=True)
+        # An unpruned store holds every batch of its epochs; an epoch-pruned one holds the
+        # complete rows of whole epochs (its parent was whole by this same rule).
+        partial = (attrs.get("granularity") == "batch" if "parent_id" in attrs
+                   else (counts != int(nb)).any())
+        if partial:
+            raise ConfigError(
+                "epoch granularity needs whole epochs, but this label store holds partial "
+                "epochs (it was pruned at batch granularity)",
+                "prune the unpruned store instead, or use --granularity batch")
+        members = [np.flatnonzero((epoch == e) & complete) for e in present]
+        keep_mask = np.array([len(m) > 0 for m in members], dtype=bool)
+        members = [m for m in members if len(m)]
+        unit_order = present[keep_mask]
+        total_units = len(present)
+
+    n = keep_count(total_units, config.ratio)
+    need_score = config.metric in SCORES
+    need_conf = config.calibrate_easy > 0 or config.calibrate_hard > 0
+    metrics = ([config.metric] if need_score else []) + (
+        ["confidence"] if need_conf and config.metric != "confidence" else [])
+    per_row: dict[str, np.ndarray] = {}
+    if metrics:
+        task = reporter.task("scoring rows", total=labels.rows * len(metrics))
+        for m in metrics:
+            per_row[m] = row_scores(labels, m, classes, on_chunk=task.advance)
+        task.close()
+
+    def unit_score(m: str) -> np.ndarray:
+        return np.array([per_row[m][rows].mean() for rows in members])
+
+    candidates = np.arange(len(members))
+    if need_conf:
+        candidates = calibrate(unit_score("confidence"), unit_order, config.calibrate_easy,
+                               config.calibrate_hard)
+    score = unit_score(config.metric)[candidates] if need_score else None
+    how = config.select if need_score else config.metric
+    rng = np.random.default_rng(config.seed)
+    picked = candidates[select_units(score, n, how, unit_order[candidates], rng)]
+    rows = np.sort(np.concatenate([members[i] for i in picked]))
+    kept_score = unit_score(config.metric)[picked] if need_score else None
+    return Plan(rows, len(members), total_units, len(picked), score, kept_score)
+
+
+def _chunks(labels: LabelStore):
+    step = labels.rows_per_chunk
+    for start in range(0, labels.rows, step):
+        yield start, min(start + step, labels.rows)
+
+
+# --------------------------------------------------------------------- writing
+def copy_rows(source: LabelStore, rows: np.ndarray, target: LabelStore,
+              on_chunk: Callable[[int], None] | None = None) -> None:
+    """Copy source rows `rows` (ascending) into `target`, chunk-aligned, one chunk in memory."""
+    pending: list[LabelRows] = []
+    buffered = written = 0
+    out_chunk = target.rows_per_chunk
+    for start, stop in _chunks(source):
+        lo, hi = np.searchsorted(rows, [start, stop])
+        if hi > lo:
+            pending.append(source.read(start, stop).take(rows[lo:hi] - start))
+            buffered += int(hi - lo)
+        while buffered >= out_chunk or (buffered and written + buffered == len(rows)):
+            block = LabelRows.concat(pending)
+            size = min(out_chunk, buffered)
+            target.write(written, block.take(slice(0, size)))
+            written += size
+            rest = block.take(slice(size, None))
+            pending, buffered = ([rest] if len(rest) else []), len(rest)
+        if on_chunk is not None:
+            on_chunk(stop - start)
+    assert written == len(rows), (written, len(rows))
+
+
+def _image_classes(store: Store, labels: LabelStore, parent: Artifact) -> np.ndarray:
+    images_id = labels.attrs.get("images_id")
+    images = store.find("images", images_id) if images_id else None
+    if images is None:
+        raise ArtifactNotFoundError(
+            f"label store {parent.short} names images {images_id} that are not in the store",
+            "scores that need the true class (correct, signed-diff) read it from the images")
+    return image_labels(images.path).numpy()
+
+
+def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = False,
+          reporter: Reporter = SILENT, rows_per_chunk: int | None = None) -> Artifact:
+    """Make (or find) the pruned `labels` artifact of `parent` for `config`."""
+    config.validate()
+    if parent.kind != "labels":
+        raise ConfigError(f"artifact {parent.short} is a {parent.kind}, not a labels store",
+                          "pass the id of a label store (made by lpld relabel or lpld prune)")
+    parent_ratio = float(parent.selectors.get("ratio") or 1.0)
+    selectors = {**parent.selectors, "ratio": parent_ratio * config.ratio,
+                 "granularity": config.granularity, "metric": config.metric}
+
+    def build(staging: Staging) -> dict[str, Any]:
+        source = LabelStore.open(parent.path, parent.id)
+        classes = _image_classes(store, source, parent) if needs_classes(config.metric) else None
+        chosen = plan(source, config, classes, reporter)
+        attrs = source.attrs
+        lineage = [*attrs.get("lineage", []), parent.id]
+        extra = {k: v for k, v in attrs.items() if k not in _LAYOUT_ATTRS}
+        extra.update(parent_id=parent.id, ratio=config.ratio, total_ratio=selectors["ratio"],
+                     granularity=config.granularity, metric=config.metric,
+                     select=config.select, calibrate_easy=config.calibrate_easy,
+                     calibrate_hard=config.calibrate_hard, seed=config.seed, lineage=lineage)
+        target = LabelStore.create(
+            staging.path, rows=len(chosen.rows), batch_size=source.batch_size,
+            num_classes=source.num_classes, logits_dtype=attrs.get("logits_dtype", "float16"),
+            codec=attrs.get("codec", "zstd"),
+            rows_per_chunk=rows_per_chunk or source.rows_per_chunk, attributes=extra)
+        task = reporter.task("copying kept rows", total=source.rows)
+        copy_rows(source, chosen.rows, target, on_chunk=task.advance)
+        task.close()
+        metrics: dict[str, Any] = {
+            "rows": int(len(chosen.rows)), "parent_rows": source.rows, "ratio": config.ratio,
+            "total_ratio": selectors["ratio"], "pool_units": chosen.pool_units,
+            "kept_units": chosen.kept_units, "kept_fraction": len(chosen.rows) / source.rows}
+        if chosen.score is not None and chosen.kept_score is not None:
+            metrics["score_candidates_mean"] = float(chosen.score.mean())
+            metrics["score_kept_mean"] = float(chosen.kept_score.mean())
+        return metrics
+
+    return store.produce("labels", config.to_dict(), [parent.id], build, force=force,
+                         selectors=selectors)
