@@ -1,5 +1,101 @@
-"""`lpld report storage` (pending its issue)."""
+"""`lpld report storage`: bytes per component of every image set and label store, or a plan."""
 
-from lpld_cli.commands._pending import pending
+from __future__ import annotations
 
-command = pending("report storage")
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._ui import emit
+from lpld_cli.storage.labels import COMPONENTS
+from lpld_cli.storage_report import plan_row, storage_report
+
+GIB = 1 << 30
+
+
+@common_options
+def command(
+    common: Common,
+    from_: Annotated[list[str] | None, typer.Option(
+        "--from", help="Artifact ids (images or labels; repeat the option) [default: all].",
+        show_default=False)] = None,
+    plan: Annotated[str | None, typer.Option(
+        help="Project a full-scale run for this dataset instead (runs nothing).",
+        show_default=False)] = None,
+    ipc: Annotated[int | None, typer.Option(help="Images per class (with --plan).",
+                                            show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Relabel epochs (with --plan) [default: the dataset preset's].",
+        show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Relabel batch size (with --plan) [default: the dataset preset's].",
+        show_default=False)] = None,
+    logits_dtype: Annotated[str, typer.Option(
+        help="float16 | bfloat16 | float32 (with --plan).")] = "float16",
+    classes: Annotated[int | None, typer.Option(
+        help="Number of classes (with --plan; known for the built-in datasets).",
+        show_default=False)] = None,
+    image_bytes: Annotated[int | None, typer.Option(
+        help="Bytes per stored image (with --plan) [default: raw uint8 H*W*C, about what "
+             "lossless PNG of synthetic images takes].", show_default=False)] = None,
+) -> None:
+    """Logical and on-disk bytes of the seven label components, totals, label-to-image
+    ratio, and the size of the authors' per-batch torch.save layout for the same content."""
+    from lpld_cli.errors import ConfigError
+
+    if plan is not None:
+        if ipc is None:
+            raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
+                              "imagenet-1k --ipc 50")
+        rows = [plan_row(plan, ipc, epochs=epochs, batch_size=batch_size,
+                         logits_dtype=logits_dtype, num_classes=classes,
+                         image_bytes_per_image=image_bytes)]
+    else:
+        rows = storage_report(common.store, from_ or None)
+    emit({"report": "storage", "rows": rows}, common.json, human(rows))
+
+
+def gb(n: int | None) -> str:
+    """Bytes as GB (2^30 bytes, the unit of the paper's tables), rounded sensibly."""
+    if n is None:
+        return "-"
+    x = n / GIB
+    if x == 0:
+        return "0"
+    return f"{x:.2f}" if x >= 1 else np.format_float_positional(x, precision=3,
+                                                                  fractional=False)
+
+
+def human(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no image sets or label stores in the store"
+    out = []
+    for row in rows:
+        if row["kind"] == "images":
+            out.append(f"images {row['artifact'][:12]}  {row['dataset']} ipc {row['ipc']}: "
+                       f"{row['images']} images, {gb(row['disk_bytes'])} GB PNG "
+                       f"({gb(row['logical_bytes'])} GB pixels)")
+            continue
+        name = ("plan" if row["kind"] == "plan" else f"labels {row['artifact'][:12]}")
+        out.append(f"{name}  {row['dataset']} ipc {row['ipc']}: {row['rows']} rows of "
+                   f"{row['batch_size']} x {row['num_classes']} {row['logits_dtype']} logits")
+        disk_head = "disk GB (uncompressed)" if row["kind"] == "plan" else "disk GB"
+        out.append(f"  {'component':<16} {'logical GB':>12} {disk_head:>24}")
+        for component in COMPONENTS:
+            c = row["components"][component]
+            out.append(f"  {component:<16} {gb(c['logical_bytes']):>12} "
+                       f"{gb(c['disk_bytes']):>24}")
+        out.append(f"  {'total':<16} {gb(row['logical_bytes']):>12} "
+                   f"{gb(row['disk_bytes']):>24}")
+        ratio = row.get("label_to_image")
+        per = (f" (estimate: {row['image_bytes_per_image']:,} bytes/image)"
+               if "image_bytes_per_image" in row else " (PNG)")
+        out.append(f"  images {gb(row['image_bytes'])} GB{per}; label-to-image ratio "
+                   + (f"{ratio:.1f}" if ratio is not None else "-"))
+        ts = row["torch_save_bytes"]
+        out.append(f"  torch.save layout (one file per batch, {row['torch_save_files']} files): "
+                   f"{gb(ts)} GB ({ts / max(row['disk_bytes'], 1):.2f}x this store on disk)")
+    out.append("GB = 2^30 bytes (as in the paper's tables); --json gives exact bytes")
+    return "\n".join(out)

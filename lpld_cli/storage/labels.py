@@ -129,10 +129,11 @@ def decode_logits(stored: np.ndarray, logits_dtype: str) -> torch.Tensor:
 class LabelStore:
     """A Zarr v3 label store on disk: create, open (validated), chunk-aligned read/write."""
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
+    def __init__(self, path: Path, group: zarr.Group, artifact_id: str = "?") -> None:
         self.path = Path(path)
         self.group = group
         self.arrays = {name: group[name] for name in SCHEMA}
+        self.artifact_id = artifact_id
 
     # ------------------------------------------------------------------ create
     @classmethod
@@ -184,7 +185,7 @@ class LabelStore:
                           else dtype)
             if tuple(array.shape) != want or str(array.dtype) != want_dtype:
                 raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{name}")
-        return cls(path, group)
+        return cls(path, group, artifact_id)
 
     # ------------------------------------------------------------- properties
     @property
@@ -218,7 +219,14 @@ class LabelStore:
             self.arrays[name][start:stop] = getattr(block, name)
 
     def read(self, start: int, stop: int) -> LabelRows:
-        return LabelRows(**{name: self.arrays[name][start:stop] for name in SCHEMA})
+        """Rows [start, stop); a chunk that does not decode is reported as corruption."""
+        block = {}
+        for name in SCHEMA:
+            try:
+                block[name] = self.arrays[name][start:stop]
+            except Exception:  # codec or shape errors from a damaged chunk file
+                raise ArtifactCorruptedError(self.artifact_id, f"{GROUP}/{name}") from None
+        return LabelRows(**block)
 
     def read_rows(self, index: np.ndarray) -> LabelRows:
         """Rows at `index` (any order), read chunk by chunk."""

@@ -1,0 +1,201 @@
+"""`lpld report storage`: what image sets and label stores take, component by component.
+
+For a label store, each of the seven components (`labels.COMPONENTS`: the paper's
+six of Table 21 plus the sampler order) gets its logical bytes (uncompressed array
+bytes) and its bytes on disk (the array's folder: compressed chunks and metadata).
+Beside them: the label-to-image ratio (paper Table 24) and the size the authors'
+layout — one `torch.save` file per batch — would take for the same content.
+
+`plan_row` projects a full-scale run from the same byte layout relabel writes
+(`labels.SCHEMA`), without running anything.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpld_cli.data.presets import get_preset
+from lpld_cli.errors import ConfigError
+from lpld_cli.storage.labels import COMPONENTS, GROUP, LOGITS_DTYPES, SCHEMA, LabelStore
+from lpld_cli.storage.store import Artifact, Store
+
+# Classes of each dataset, for --plan (a plan reads no data).
+PLAN_CLASSES = {"fashion-mnist": 10, "mnist": 10, "tiny-imagenet": 200, "imagenet-1k": 1000,
+                "imagenet-21k-p": 10450}
+# A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
+FS_BLOCK = 4096
+# Our logits dtype names and the bytes of one logit.
+_LOGIT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+# ------------------------------------------------------------------ the authors' layout
+@lru_cache(maxsize=64)
+def torch_save_batch_bytes(batch: int, num_classes: int, logits_dtype: str = "float16",
+                           image_size: int = 224) -> int:
+    """Bytes of one batch file in the authors' layout, measured by really `torch.save`-ing it.
+
+    The file holds [crop fractions (B, 4) float32, flip (B,) bool, CutMix permutation
+    (B,) int64, λ (a Python float), the CutMix box (4 Python ints), logits (B, C)].
+    torch.save writes an uncompressed zip, so the size depends on the shapes only
+    (box values at their largest, `image_size`, for the widest pickled ints).
+    """
+    dtype = getattr(torch, logits_dtype)
+    content = [torch.zeros(batch, 4, dtype=torch.float32), torch.zeros(batch, dtype=torch.bool),
+               torch.zeros(batch, dtype=torch.int64), 0.5, [image_size] * 4,
+               torch.zeros(batch, num_classes, dtype=dtype)]
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    return buffer.tell()
+
+
+def torch_save_layout(epochs: int, num_images: int, batch_size: int, num_classes: int,
+                      logits_dtype: str = "float16", image_size: int = 224) -> dict[str, int]:
+    """The authors' per-batch files for a whole run: bytes in the files and on 4 KiB blocks.
+
+    Exact: every full batch file has the same size, and so has each epoch's last one.
+    """
+    full, last = divmod(num_images, batch_size)
+    sizes = [(full, torch_save_batch_bytes(batch_size, num_classes, logits_dtype, image_size))]
+    if last:
+        sizes.append((1, torch_save_batch_bytes(last, num_classes, logits_dtype, image_size)))
+    files = epochs * sum(n for n, _ in sizes)
+    content = epochs * sum(n * s for n, s in sizes)
+    blocks = epochs * sum(n * math.ceil(s / FS_BLOCK) * FS_BLOCK for n, s in sizes)
+    return {"files": files, "bytes": content, "block_bytes": blocks}
+
+
+# ------------------------------------------------------------------------ rows
+def _folder_bytes(folder: Path) -> int:
+    return int(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
+
+
+def _array_logical(name: str, rows: int, batch: int, classes: int, logits_dtype: str) -> int:
+    dtype, trailing, _dims = SCHEMA[name]
+    itemsize = _LOGIT_BYTES[logits_dtype] if name == "logits" else np.dtype(dtype).itemsize
+    return int(rows * math.prod(trailing(batch, classes)) * itemsize)
+
+
+def image_bytes(artifact: Artifact) -> int:
+    """The PNG bytes of an image set."""
+    return int(sum(p.stat().st_size for p in (artifact.path / "train").rglob("*.png")))
+
+
+def image_row(artifact: Artifact) -> dict[str, Any]:
+    """One image set: PNG bytes on disk and uint8 pixel bytes."""
+    pngs = sorted((artifact.path / "train").rglob("*.png"))
+    logical = 0
+    if pngs:
+        from PIL import Image
+
+        with Image.open(pngs[0]) as img:
+            per_image = img.width * img.height * len(img.getbands())
+        logical = per_image * len(pngs)
+    sel = artifact.selectors
+    return {"artifact": artifact.id, "kind": "images", "dataset": sel.get("dataset"),
+            "ipc": sel.get("ipc"), "images": len(pngs), "logical_bytes": int(logical),
+            "disk_bytes": int(sum(p.stat().st_size for p in pngs))}
+
+
+def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
+    """One label store: per-component and total bytes, label-to-image ratio, torch.save size."""
+    labels = LabelStore.open(artifact.path, artifact.id)
+    attrs = labels.attrs
+    rows, batch, classes = labels.rows, labels.batch_size, labels.num_classes
+    dtype = attrs.get("logits_dtype", "float16")
+    group = artifact.path / GROUP
+    components = {}
+    for component, arrays in COMPONENTS.items():
+        components[component] = {
+            "logical_bytes": sum(_array_logical(a, rows, batch, classes, dtype) for a in arrays),
+            "disk_bytes": sum(_folder_bytes(group / a) for a in arrays)}
+    logical = sum(c["logical_bytes"] for c in components.values())
+    disk = _folder_bytes(group)  # components plus the group's own metadata
+    images_id = attrs.get("images_id") or (artifact.parents[0] if artifact.parents else None)
+    images = store.find("images", images_id) if images_id else None
+    img_bytes = image_bytes(images) if images is not None else None
+    sel = artifact.selectors
+    row = {"artifact": artifact.id, "kind": "labels", "dataset": sel.get("dataset"),
+           "ipc": sel.get("ipc"), "ratio": sel.get("ratio"), "rows": rows,
+           "batch_size": batch, "num_classes": classes, "logits_dtype": dtype,
+           "components": components, "logical_bytes": logical, "disk_bytes": disk,
+           "image_bytes": img_bytes,
+           "label_to_image": round(disk / img_bytes, 4) if img_bytes else None}
+    epochs, num_images = attrs.get("epochs"), attrs.get("num_images")
+    if epochs and num_images and rows == epochs * attrs.get("batches_per_epoch", 0):
+        layout = torch_save_layout(int(epochs), int(num_images), batch, classes, dtype,
+                                   int(attrs.get("image_size", 224)))
+        row.update(torch_save_bytes=layout["bytes"], torch_save_block_bytes=layout["block_bytes"],
+                   torch_save_files=layout["files"])
+    else:  # a pruned store: its rows are whole batches of the parent's layout
+        per = torch_save_batch_bytes(batch, classes, dtype, int(attrs.get("image_size", 224)))
+        row.update(torch_save_bytes=rows * per,
+                   torch_save_block_bytes=rows * math.ceil(per / FS_BLOCK) * FS_BLOCK,
+                   torch_save_files=rows)
+    return row
+
+
+def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
+             batch_size: int | None = None, logits_dtype: str = "float16",
+             num_classes: int | None = None, image_bytes_per_image: int | None = None
+             ) -> dict[str, Any]:
+    """Project a full-scale relabel's storage from the exact byte layout relabel writes.
+
+    Logical bytes are exact (preallocated arrays, the last batch of each epoch padded);
+    `disk_bytes` is the uncompressed upper bound (compression depends on the logits).
+    Image bytes: `image_bytes_per_image`, else the raw uint8 size H·W·C (lossless PNG of
+    synthetic images compresses little).
+    """
+    preset = get_preset(dataset)
+    if ipc < 1:
+        raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
+    if logits_dtype not in LOGITS_DTYPES:
+        raise ConfigError(f"unknown --logits-dtype {logits_dtype!r}",
+                          f"choose one of: {', '.join(LOGITS_DTYPES)}")
+    classes = num_classes or PLAN_CLASSES.get(dataset)
+    if not classes:
+        raise ConfigError(f"--plan {dataset} needs --classes", "how many classes the data has")
+    epochs = preset.relabel_epochs if epochs is None else epochs
+    batch = preset.relabel_batch_size if batch_size is None else batch_size
+    if epochs < 1 or batch < 1:
+        raise ConfigError("--epochs and --batch-size must be at least 1")
+    num_images = ipc * classes
+    batches_per_epoch = math.ceil(num_images / batch)
+    rows = epochs * batches_per_epoch
+    components = {}
+    for component, arrays in COMPONENTS.items():
+        logical = sum(_array_logical(a, rows, batch, classes, logits_dtype) for a in arrays)
+        components[component] = {"logical_bytes": logical, "disk_bytes": logical}
+    logical = sum(c["logical_bytes"] for c in components.values())
+    per_image = image_bytes_per_image or preset.image_size ** 2 * preset.channels
+    img = per_image * num_images
+    layout = torch_save_layout(epochs, num_images, batch, classes, logits_dtype,
+                               preset.image_size)
+    return {"artifact": None, "kind": "plan", "dataset": dataset, "ipc": ipc, "ratio": 1.0,
+            "epochs": epochs, "rows": rows, "batches_per_epoch": batches_per_epoch,
+            "batch_size": batch, "num_classes": classes, "logits_dtype": logits_dtype,
+            "components": components, "logical_bytes": logical, "disk_bytes": logical,
+            "disk_estimate": "uncompressed", "image_bytes": img,
+            "image_bytes_per_image": per_image,
+            "label_to_image": round(logical / img, 4),
+            "torch_save_bytes": layout["bytes"], "torch_save_block_bytes": layout["block_bytes"],
+            "torch_save_files": layout["files"]}
+
+
+def storage_report(store: Store, refs: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for the named artifacts (images or labels), else every image set and label store."""
+    if refs:
+        artifacts = [store.get(ref) for ref in refs]
+        bad = [a for a in artifacts if a.kind not in ("images", "labels")]
+        if bad:
+            raise ConfigError(f"artifact {bad[0].short} is a {bad[0].kind}",
+                              "report storage covers image sets and label stores")
+    else:
+        artifacts = store.list("images") + store.list("labels")
+    return [image_row(a) if a.kind == "images" else label_row(store, a) for a in artifacts]
