@@ -63,6 +63,8 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
             raise ConfigError(f"--weights {weights} does not exist", "pass a local weights file")
         config = SqueezeConfig(**{**asdict(config), "weights_sha256": sha256_file(Path(weights))})
     config.validate()
+    if not force and (hit := store.cached("teacher", asdict(config), [])) is not None:
+        return hit  # same inputs: skip loading data and building the network
     data = load_dataset(config.dataset, data_root)
     if config.train_subset is not None:
         data = data.subset(config.train_subset, config.seed)

@@ -52,8 +52,7 @@ def run_lpld(*args: str, store: Path | None = None, check: bool = False,
     cmd = [sys.executable, "-m", "lpld_cli", *args]
     if store is not None:
         cmd += ["--store", str(store)]
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("LPLD_DEBUG", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "LPLD_DEBUG"} | (env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check:
         assert proc.returncode == 0, proc.stderr

@@ -137,6 +137,13 @@ class Store:
     def find(self, kind: str, artifact_id: str) -> Artifact | None:
         return self._read(self.objects / kind / artifact_id)
 
+    def cached(self, kind: str, config: dict[str, Any], parents: list[str]) -> Artifact | None:
+        """The finished artifact for these inputs, if any (cheap: no payload is read)."""
+        artifact_id = self.artifact_id(kind, config, parents)
+        found = self.find(kind, artifact_id)
+        return None if found is None else Artifact(kind, artifact_id, found.path,
+                                                   found.manifest, cached=True)
+
     def get(self, ref: str, kind: str | None = None, verify: bool = True) -> Artifact:
         """The artifact whose id is (or starts with) `ref`; verified, of `kind` if given."""
         ref = ref.strip().lower()
