@@ -274,7 +274,7 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
 
     # Candidate units: single rows, or epochs (groups of rows).
     if config.granularity == "batch":
-        members = [np.array([r]) for r in np.flatnonzero(complete)]
+        unit_of_row = np.where(complete, np.cumsum(complete) - 1, -1)
         unit_order = batch_id[complete]
         total_units = labels.rows
     else:
@@ -293,10 +293,9 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
                 "epoch granularity needs whole epochs, but this label store holds partial "
                 "epochs (it was pruned at batch granularity)",
                 "prune the unpruned store instead, or use --granularity batch")
-        members = [np.flatnonzero((epoch == e) & complete) for e in present]
-        keep_mask = np.array([len(m) > 0 for m in members], dtype=bool)
-        members = [m for m in members if len(m)]
-        unit_order = present[keep_mask]
+        # Epochs with at least one complete row, numbered in epoch order.
+        unit_order = np.unique(epoch[complete])
+        unit_of_row = np.where(complete, np.searchsorted(unit_order, epoch), -1)
         total_units = len(present)
 
     n = keep_count(total_units, config.ratio)
@@ -312,9 +311,11 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
         task.close()
 
     def unit_score(m: str) -> np.ndarray:
-        return np.array([per_row[m][rows].mean() for rows in members])
+        candidate = unit_of_row >= 0
+        sums = np.bincount(unit_of_row[candidate], per_row[m][candidate], len(unit_order))
+        return sums / np.bincount(unit_of_row[candidate], minlength=len(unit_order))
 
-    candidates = np.arange(len(members))
+    candidates = np.arange(len(unit_order))
     if need_conf:
         candidates = calibrate(unit_score("confidence"), unit_order, config.calibrate_easy,
                                config.calibrate_hard)
@@ -322,9 +323,9 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
     how = config.select if need_score else config.metric
     rng = np.random.default_rng(config.seed)
     picked = candidates[select_units(score, n, how, unit_order[candidates], rng)]
-    rows = np.sort(np.concatenate([members[i] for i in picked]))
+    rows = np.flatnonzero(np.isin(unit_of_row, picked))
     kept_score = unit_score(config.metric)[picked] if need_score else None
-    return Plan(rows, len(members), total_units, len(picked), score, kept_score)
+    return Plan(rows, len(unit_order), total_units, len(picked), score, kept_score)
 
 
 def _chunks(labels: LabelStore):
@@ -385,6 +386,8 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
         attrs = source.attrs
         lineage = [*attrs.get("lineage", []), parent.id]
         extra = {k: v for k, v in attrs.items() if k not in _LAYOUT_ATTRS}
+        if "parent_id" not in attrs and "seed" in attrs:  # keep relabel's seed: ours replaces it
+            extra["relabel_seed"] = attrs["seed"]
         extra.update(parent_id=parent.id, ratio=config.ratio, total_ratio=selectors["ratio"],
                      granularity=config.granularity, metric=config.metric,
                      select=config.select, calibrate_easy=config.calibrate_easy,
@@ -393,7 +396,8 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
             staging.path, rows=len(chosen.rows), batch_size=source.batch_size,
             num_classes=source.num_classes, logits_dtype=attrs.get("logits_dtype", "float16"),
             codec=attrs.get("codec", "zstd"),
-            rows_per_chunk=rows_per_chunk or source.rows_per_chunk, attributes=extra)
+            rows_per_chunk=rows_per_chunk or min(source.rows_per_chunk, len(chosen.rows)),
+            attributes=extra)
         task = reporter.task("copying kept rows", total=source.rows)
         copy_rows(source, chosen.rows, target, on_chunk=task.advance)
         task.close()

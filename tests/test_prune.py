@@ -435,6 +435,7 @@ def test_cli_only_unpruned_parents_by_default(store: Store, parent: Artifact) ->
     assert other_ipc.exit_code == 2 and "ipc=50" in other_ipc.stderr
 
 
+@pytest.mark.slow  # a real `python -m lpld_cli` process: ~8 s of imports on a busy machine
 def test_cli_end_to_end_subprocess(store: Store, parent: Artifact) -> None:
     proc = run_lpld("prune", "--ratio", "2.5x", "--metric", "correct", "--select", "hard",
                     "--from", parent.id[:10], "--json", store=store.root)
@@ -443,7 +444,10 @@ def test_cli_end_to_end_subprocess(store: Store, parent: Artifact) -> None:
     assert payload["metrics"]["rows"] == 24 and payload["command"] == "prune"
     assert payload["config"]["metric"] == "correct" and payload["config"]["select"] == "hard"
     assert "using labels" in proc.stderr
-    help_text = run_lpld("prune", "--help").stdout
+
+
+def test_cli_help_names_every_option() -> None:
+    help_text = runner.invoke(app, ["prune", "--help"], terminal_width=200).stdout
     for word in ("--ratio", "--granularity", "--metric", "--select", "--calibrate-easy",
                  "--calibrate-hard", "--from", "UNPRUNED", "signed-diff", "softmax"):
         assert word in help_text, word
