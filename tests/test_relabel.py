@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from lpld_cli.cli import app
 from lpld_cli.data import augment
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
@@ -80,7 +82,7 @@ def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
     assert 0.2 < rows.flip[rows.image_index >= 0].mean() < 0.8
     assert (rows.mix_lambda > 0).all() and (rows.mix_lambda <= 1).all()
     assert len(np.unique(rows.mix_lambda)) > 10  # λ ~ Beta(1, 1), one per batch
-    assert not (PROGRESS_FILE in {p.name for p in art.path.rglob("*")})
+    assert PROGRESS_FILE not in {p.name for p in art.path.rglob("*")}
 
 
 def test_same_config_is_cached_and_seed_changes_rows(store_with_teacher: Store) -> None:
@@ -282,10 +284,10 @@ def test_config_errors(field: str, value, text: str) -> None:
     (["--ipc", "7"], "`lpld recover`"),
 ])
 def test_cli_errors(tmp_path: Path, args: list[str], text: str) -> None:
-    proc = run_lpld("relabel", *args, store=tmp_path / "empty")
-    assert proc.returncode == 2
-    assert text in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    result = CliRunner().invoke(app, ["relabel", *args, "--store", str(tmp_path / "empty")])
+    assert result.exit_code == 2, result.output
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_corrupted_or_missing_array_is_reported(store_with_teacher: Store,
@@ -307,9 +309,10 @@ def test_corrupted_or_missing_array_is_reported(store_with_teacher: Store,
     target = art.path / GROUP / "flip" / "zarr.json"
     target.chmod(0o644)
     target.unlink()
-    proc = run_lpld("report", "storage", "--from", art.id, store=store_with_teacher.root)
-    assert proc.returncode == 1
-    assert f"Error: artifact {art.id}" in proc.stderr and "flip/zarr.json" in proc.stderr
+    result = CliRunner().invoke(app, ["report", "storage", "--from", art.id, "--store",
+                                      str(store_with_teacher.root)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: artifact {art.id} is corrupted: {GROUP}/flip/zarr.json" in result.stderr
 
 
 @pytest.mark.slow
