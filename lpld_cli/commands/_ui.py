@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,15 +26,31 @@ from lpld_cli.errors import LpldError
 stderr = Console(stderr=True, highlight=False)
 
 
+# Without a terminal (a batch job's log, CI) the live bar is not drawn: print a plain
+# progress line this often instead.
+PLAIN_EVERY_S = float(os.environ.get("LPLD_PROGRESS_EVERY", "30"))
+
+
 class _RichTask:
     def __init__(self, progress: Progress, description: str, total: float | None) -> None:
         self.progress = progress
+        self.description = description
         self.id = progress.add_task(description, total=total, fields="")
+        self.plain = not progress.console.is_terminal and not progress.disable
+        self.last_line = time.monotonic()
 
     def advance(self, n: float = 1, **fields: Any) -> None:
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in fields.items())
         self.progress.update(self.id, advance=n, fields=text)
+        if self.plain and time.monotonic() - self.last_line >= PLAIN_EVERY_S:
+            self.last_line = time.monotonic()
+            task = self.progress.tasks[self.progress.task_ids.index(self.id)]
+            done = f"{task.completed:g}/{task.total:g}" if task.total else f"{task.completed:g}"
+            eta = (f"  eta {task.time_remaining:.0f}s" if task.time_remaining is not None
+                   else "")
+            self.progress.console.print(f"{self.description}: {done}  "
+                                        f"{task.elapsed or 0:.0f}s{eta}  {text}", markup=False)
 
     def close(self) -> None:
         self.progress.remove_task(self.id)
