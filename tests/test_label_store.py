@@ -1,0 +1,119 @@
+"""The label store is plain Zarr v3 (DESIGN §5): any reader opens it without lpld.
+
+lpld only *makes* the store here (fixture); every check reads it with zarr-python,
+tensorstore or the JSON metadata, against the schema table written out below.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+
+from tests.conftest import needs_fmnist
+
+pytestmark = needs_fmnist
+
+R, B, C, CHUNK = 15, 8, 10, 4  # 5 epochs x 3 batches of 8 over 20 images; 4 rows per chunk
+# DESIGN §5, written out: name -> (dtype, shape)
+SCHEMA = {
+    "batch_id": ("int32", (R,)),
+    "image_index": ("int32", (R, B)),
+    "crop": ("float32", (R, B, 4)),
+    "flip": ("bool", (R, B)),
+    "mix_index": ("int32", (R, B)),
+    "mix_lambda": ("float32", (R,)),
+    "mix_box": ("int32", (R, 4)),
+    "logits": ("float16", (R, B, C)),
+}
+
+
+@pytest.fixture(scope="module")
+def label_store(teacher_store, tmp_path_factory) -> Path:
+    """Path of a labels.zarr made by lpld relabel (the only lpld use in this file)."""
+    import torch
+
+    from lpld_cli.data.datasets import load_dataset
+    from lpld_cli.relabel import RelabelConfig, relabel
+    from lpld_cli.storage.images import save_image_set
+    from lpld_cli.storage.store import Store
+
+    root = tmp_path_factory.mktemp("label-store")
+    shutil.copytree(teacher_store.root / "objects", root / "objects")
+    store = Store(root)
+    teacher = store.newest("teacher")
+    data = load_dataset("fashion-mnist")
+
+    def build(staging) -> dict:
+        x, y = data.sample_train_images(2, 0)
+        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
+        return {}
+
+    images = store.produce("images", {"real": 2}, [teacher.id], build,
+                           selectors={"dataset": "fashion-mnist", "ipc": 2, "method": "real"})
+    art = relabel(store, RelabelConfig(epochs=5, batch_size=B, rows_per_chunk=CHUNK), images)
+    return art.path / "labels.zarr"
+
+
+def test_zarr_python_reads_every_array(label_store: Path) -> None:
+    group = zarr.open_group(str(label_store), mode="r")
+    assert group.metadata.zarr_format == 3
+    assert sorted(group.array_keys()) == sorted(SCHEMA)
+    attrs = dict(group.attrs)
+    for key in ("num_classes", "batch_size", "batches_per_epoch", "epochs", "image_size", "mix",
+                "logits_dtype", "images_id", "teacher_id"):
+        assert key in attrs, key
+    assert (attrs["num_classes"], attrs["batch_size"], attrs["batches_per_epoch"],
+            attrs["epochs"], attrs["image_size"]) == (C, B, 3, 5, 28)
+    for name, (dtype, shape) in SCHEMA.items():
+        array = group[name]
+        assert str(array.dtype) == dtype, name
+        assert array.shape == shape, name
+        assert array.chunks == (CHUNK, *shape[1:]), name  # whole batches per chunk
+    batch_id = group["batch_id"][:]
+    np.testing.assert_array_equal(batch_id, np.arange(R))
+    index = group["image_index"][:]
+    assert index.min() == -1 and index.max() == 19  # 20 images, last batch of 4 padded
+    np.testing.assert_array_equal(index[2, 4:], [-1] * 4)
+
+
+def test_metadata_names_a_native_codec_and_dimensions(label_store: Path) -> None:
+    for name in SCHEMA:
+        meta = json.loads((label_store / name / "zarr.json").read_text())
+        assert meta["zarr_format"] == 3 and meta["node_type"] == "array"
+        codecs = [c["name"] for c in meta["codecs"]]
+        assert "blosc" in codecs, codecs
+        blosc = next(c for c in meta["codecs"] if c["name"] == "blosc")
+        assert blosc["configuration"]["cname"] == "zstd"
+        assert meta["dimension_names"][0] == "row"
+        # Chunk files exist for every chunk: ceil(15 / 4) = 4 along rows.
+        chunks = [p for p in (label_store / name / "c").rglob("*") if p.is_file()]
+        assert len(chunks) == 4, name
+
+
+def test_tensorstore_reads_the_same_values(label_store: Path) -> None:
+    group = zarr.open_group(str(label_store), mode="r")
+    for name, (dtype, shape) in SCHEMA.items():
+        array = ts.open({"driver": "zarr3",
+                         "kvstore": {"driver": "file", "path": str(label_store / name)}},
+                        read=True).result()
+        assert tuple(array.shape) == shape, name
+        assert array.dtype.numpy_dtype == np.dtype(dtype), name
+        assert tuple(array.chunk_layout.read_chunk.shape) == (CHUNK, *shape[1:]), name
+        np.testing.assert_array_equal(array.read().result(), group[name][:], err_msg=name)
+
+
+def test_logits_are_real_teacher_outputs(label_store: Path) -> None:
+    group = zarr.open_group(str(label_store), mode="r")
+    logits = group["logits"][:].astype(np.float32)
+    index = group["image_index"][:]
+    filled = logits[index >= 0]
+    assert np.isfinite(filled).all() and filled.std() > 0.1
+    assert (logits[index < 0] == 0).all()
+    # Ten classes seen as the argmax somewhere: the teacher discriminates.
+    assert len(np.unique(filled.argmax(1))) >= 5
