@@ -1,5 +1,129 @@
-"""`lpld train` (pending its issue)."""
+"""`lpld train`: a student from the label pool (or online / hard labels), validated on real data."""
 
-from lpld_cli.commands._pending import pending
+from __future__ import annotations
 
-command = pending("train")
+from typing import Annotated
+
+import typer
+
+from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._ui import RichReporter, emit, info
+from lpld_cli.data.presets import get_preset
+from lpld_cli.label_pool import LabelPool
+from lpld_cli.prune import parse_ratio
+from lpld_cli.train import (
+    TrainConfig,
+    image_teacher,
+    label_images,
+    resolve_labels,
+    train,
+)
+
+
+@common_options
+def command(
+    common: Common,
+    ipc: Annotated[int | None, typer.Option(
+        help="Images per class of the image set / label store to use [default: any].",
+        show_default=False)] = None,
+    ratio: Annotated[str | None, typer.Option(
+        help="Label pruning ratio of the label store to use: Nx or N (1x: the unpruned "
+             "store) [default: 1x].", show_default=False)] = None,
+    labels: Annotated[str | None, typer.Option(
+        help="A label store id; `online` (the teacher labels a fresh augmentation every "
+             "step: the no-storage upper bound); or `hard` (cross-entropy on the classes, "
+             "λ-mixed under CutMix; no teacher) [default: the newest label store matching "
+             "--ipc/--ratio].", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Only consider artifacts of this dataset [default: any].",
+        show_default=False)] = None,
+    method: Annotated[str | None, typer.Option(
+        help="Only consider images made by this method (lpld, sre2l, cda, real) "
+             "[default: any].", show_default=False)] = None,
+    images: Annotated[str | None, typer.Option(
+        "--images", help="Image set id for --labels online|hard [default: the newest "
+        "matching --ipc/--method]; stored labels always use their own images.",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Student: convnet | resnet18 | resnet50 | mobilenet_v2 | efficientnet_b0 | "
+             "timm:<name> [default: the preset's].", show_default=False)] = None,
+    width: Annotated[int, typer.Option(help="ConvNet width (student).")] = 64,
+    depth: Annotated[int, typer.Option(help="ConvNet depth (student).")] = 3,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs; each draws as many rows from the pool as an unpruned epoch "
+             "has [default: the preset's].", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Batch size; with stored labels it must equal the store's row size (rows are "
+             "replayed whole) [default: the store's, else the preset's].",
+        show_default=False)] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="Softmax temperature T of --loss kl; no T² factor is applied (as the authors "
+             "on ImageNet-1K) [default: the preset's].", show_default=False)] = None,
+    loss: Annotated[str, typer.Option(
+        help="kl: KL(softmax(t/T) ‖ softmax(s/T)), batch mean; mse-gt: MSE on logits + "
+             "0.1 × CE on the true labels (G-VBSM, Table 9).")] = "kl",
+    optimizer: Annotated[str | None, typer.Option(
+        help="adamw (weight decay on >1-dim parameters only) | sgd (momentum 0.9); cosine "
+             "per epoch after --warmup-epochs [default: the preset's].",
+        show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate [default: the preset's].", show_default=False)] = None,
+    weight_decay: Annotated[float | None, typer.Option(
+        help="Weight decay [default: the preset's].", show_default=False)] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(
+        help="Linear warm-up epochs [default: the preset's].", show_default=False)] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Test top-1 every N epochs in the progress line (0: only at the end) "
+             "[default: five times per run].", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
+             "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
+) -> None:
+    """Train a student from scratch on the synthetic images; report top-1 on the real test set."""
+    store = common.store
+    teacher = label_store = None
+    choice = (labels or "").strip().lower()
+    mode = choice if choice in ("online", "hard") else "stored"
+    if mode == "stored":
+        if labels:
+            label_store = store.get(labels, kind="labels")
+            info(f"using labels {label_store.short} (--labels)")
+        else:
+            label_store = resolve_labels(store, parse_ratio(ratio or "1x"), ipc=ipc,
+                                         dataset=dataset, method=method)
+            info(f"using labels {label_store.short} (newest matching)")
+        image_set = label_images(store, label_store)
+    else:
+        if images:
+            image_set = store.get(images, kind="images")
+        else:
+            image_set = store.newest("images", ipc=ipc, dataset=dataset, method=method)
+        info(f"using images {image_set.short}")
+        if mode == "online":
+            teacher = image_teacher(store, image_set)
+            info(f"using teacher {teacher.short}")
+    name = image_set.selectors.get("dataset", dataset or "fashion-mnist")
+    preset = get_preset(name)
+    row_size = LabelPool.open(label_store).batch_size if label_store is not None else None
+    config = TrainConfig(
+        dataset=name, model=model or preset.student_model, width=width, depth=depth,
+        labels=mode, epochs=preset.train_epochs if epochs is None else epochs,
+        batch_size=batch_size or row_size or preset.train_batch_size, loss=loss,
+        temperature=preset.temperature if temperature is None else temperature,
+        optimizer=optimizer or preset.optimizer, lr=preset.lr if lr is None else lr,
+        weight_decay=preset.weight_decay if weight_decay is None else weight_decay,
+        warmup_epochs=preset.warmup_epochs if warmup_epochs is None else warmup_epochs,
+        mix=preset.mix, seed=common.seed)
+    with RichReporter() as reporter:
+        artifact = train(store, config, image_set, label_store, teacher, data_root=data,
+                         device=common.device, force=common.force, reporter=reporter,
+                         eval_every=eval_every)
+    m = artifact.metrics
+    info(f"student {artifact.short}{' (cached)' if artifact.cached else ''}")
+    pool = (f"pool {m['label_rows']} rows, {m['label_pool_bytes']:,} bytes on disk, "
+            f"waited {100 * m['label_wait_share']:.1f}% of step time for labels"
+            if mode == "stored" else f"labels {mode}")
+    top5 = f"  top-5 {m['top5']:.4f}" if "top5" in m else ""
+    emit(common.result("train", artifact, m), common.json,
+         f"student {artifact.id}\n  top-1 {m['top1']:.4f}{top5}  after {m['epochs']} epochs\n"
+         f"  {pool}\n  {artifact.path}")

@@ -1,0 +1,215 @@
+"""The label pool at training time: which stored rows each epoch replays, read ahead of the step.
+
+Paper §3.3.2 ("two random processes"): after pruning chose the pool (1st process),
+training draws from it at random (2nd process). `RowSampler` is that 2nd process,
+a pure function of (seed, epoch), so a resumed run draws exactly what an
+uninterrupted one would, and a distributed sampler can later replace it (each rank
+takes a slice of `epoch_rows`). `Prefetcher` reads and decodes the rows of upcoming
+steps on a background thread, so the step only waits when the disk is slower than
+the network.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpld_cli.data.augment import Row
+from lpld_cli.errors import ConfigError
+from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits, row_from_store
+from lpld_cli.storage.store import Artifact
+
+# How training epochs draw rows: "batch" (improved label pool: NB rows uniformly with
+# replacement), "epoch" (one stored epoch at random), "sequential" (an unpruned store:
+# training epoch e replays stored epoch e mod E, as the authors' full-label training does).
+ORDERS = ("batch", "epoch", "sequential")
+# Decoded chunks kept in memory: a whole Fashion-MNIST or pruned ImageNet pool fits.
+CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class PoolBatch:
+    """One training step's labels: the stored row (augmentation) and its teacher logits."""
+
+    epoch: int
+    step: int
+    row_id: int
+    row: Row
+    logits: torch.Tensor  # float32 [B, C] (CPU, pinned on CUDA runs)
+
+
+class LabelPool:
+    """A label store opened for training: its geometry and chunk-cached, decoded reads."""
+
+    def __init__(self, store: LabelStore, artifact_id: str = "?",
+                 cache_bytes: int = CACHE_BYTES) -> None:
+        self.store = store
+        self.artifact_id = artifact_id
+        attrs = store.attrs
+        self.attrs = attrs
+        for key in ("batches_per_epoch", "image_size", "images_id"):
+            if key not in attrs:
+                raise ConfigError(f"label store {artifact_id[:12]} lacks the attribute {key!r}",
+                                  "make it with `lpld relabel` (and `lpld prune`)")
+        if "logits" not in store.group:
+            raise ConfigError(f"label store {artifact_id[:12]} holds no full logits",
+                              "training from quantized (top-k) labels is not supported yet")
+        self.batch_size = store.batch_size
+        self.num_classes = store.num_classes
+        self.rows = store.rows
+        self.batches_per_epoch = int(attrs["batches_per_epoch"])
+        self.image_size = int(attrs["image_size"])
+        self.mix = attrs.get("mix", "none")
+        self.images_id = attrs["images_id"]
+        self.teacher_id = attrs.get("teacher_id")
+        self.logits_dtype = attrs.get("logits_dtype", "float16")
+        granularity = attrs.get("granularity")
+        self.order = granularity if granularity in ("batch", "epoch") else "sequential"
+        self.batch_id = np.asarray(store.arrays["batch_id"][:], dtype=np.int64)
+        self._cache: OrderedDict[int, tuple[LabelRows, torch.Tensor]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+
+    @classmethod
+    def open(cls, artifact: Artifact) -> LabelPool:
+        if artifact.kind != "labels":
+            raise ConfigError(f"artifact {artifact.short} is a {artifact.kind}, not labels",
+                              "pass the id of a label store (made by lpld relabel / prune)")
+        return cls(LabelStore.open(artifact.path, artifact.id), artifact.id)
+
+    def sampler(self, seed: int) -> RowSampler:
+        return RowSampler(self.batch_id, self.batches_per_epoch, self.order, seed)
+
+    def _chunk(self, k: int) -> tuple[LabelRows, torch.Tensor]:
+        """Chunk `k`: its rows and its logits decoded to float32 (LRU-cached)."""
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        chunk = self.store.rows_per_chunk
+        rows = self.store.read(k * chunk, min((k + 1) * chunk, self.rows))
+        logits = decode_logits(rows.logits, self.logits_dtype)
+        size = logits.numel() * 4 + rows.crop.nbytes + rows.image_index.nbytes
+        self._cache[k] = (rows, logits)
+        self._cache_bytes += size
+        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+            _, (old_rows, old_logits) = self._cache.popitem(last=False)
+            self._cache_bytes -= old_logits.numel() * 4 + old_rows.crop.nbytes + \
+                old_rows.image_index.nbytes
+        return rows, logits
+
+    def get(self, row_id: int) -> tuple[Row, torch.Tensor]:
+        """One stored row: its augmentation and its float32 logits [B, C]."""
+        if not 0 <= row_id < self.rows:
+            raise IndexError(f"row {row_id} outside the pool of {self.rows}")
+        chunk = self.store.rows_per_chunk
+        rows, logits = self._chunk(row_id // chunk)
+        j = row_id % chunk
+        return row_from_store(rows, j), logits[j]
+
+
+class RowSampler:
+    """Which pool rows training epoch `epoch` replays: a pure function of (seed, epoch)."""
+
+    def __init__(self, batch_id: np.ndarray, batches_per_epoch: int, order: str,
+                 seed: int) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}")
+        self.batch_id = np.asarray(batch_id, dtype=np.int64)
+        self.batches_per_epoch = batches_per_epoch
+        self.order = order
+        self.seed = seed
+        stored_epoch = self.batch_id // batches_per_epoch
+        self.epochs = np.unique(stored_epoch)
+        # rows of each stored epoch, in their stored batch order
+        self._epoch_rows = {int(e): np.flatnonzero(stored_epoch == e)[
+            np.argsort(self.batch_id[stored_epoch == e], kind="stable")] for e in self.epochs}
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """Pool row indices (int64) for training epoch `epoch`, in step order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.order == "batch":
+            return rng.integers(0, len(self.batch_id), self.batches_per_epoch)
+        if self.order == "epoch":
+            return self._epoch_rows[int(self.epochs[rng.integers(0, len(self.epochs))])]
+        return self._epoch_rows[int(self.epochs[epoch % len(self.epochs)])]
+
+
+class Prefetcher:
+    """Reads and decodes the rows of upcoming steps on a background thread.
+
+    `epoch(e)` yields that epoch's `PoolBatch`es in order; the thread already works on
+    the next ones (up to `depth` steps ahead, across epoch boundaries). `wait_seconds`
+    is the time the consumer spent blocked on labels.
+    """
+
+    _END = object()
+
+    def __init__(self, pool: LabelPool, sampler: RowSampler, start_epoch: int, epochs: int,
+                 depth: int = 16, pin: bool = False) -> None:
+        self.pool, self.sampler = pool, sampler
+        self.start_epoch, self.epochs = start_epoch, epochs
+        self.pin = pin
+        self.wait_seconds = 0.0
+        self.used_rows: set[int] = set()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lpld-label-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                for step, row_id in enumerate(self.sampler.epoch_rows(epoch)):
+                    row, logits = self.pool.get(int(row_id))
+                    if self.pin:
+                        logits = logits.pin_memory()
+                    if not self._put(PoolBatch(epoch, step, int(row_id), row, logits)):
+                        return
+            self._put(self._END)
+        except BaseException as exc:  # hand any reader error to the training loop
+            self._put(exc)
+
+    def _get(self) -> Any:
+        start = time.perf_counter()
+        item = self._queue.get()
+        self.wait_seconds += time.perf_counter() - start
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def epoch(self, epoch: int) -> Iterator[PoolBatch]:
+        """This epoch's batches, in the sampler's order."""
+        for _ in range(len(self.sampler.epoch_rows(epoch))):
+            item = self._get()
+            if item is self._END or item.epoch != epoch:
+                raise RuntimeError(f"label prefetch out of step at epoch {epoch}")
+            self.used_rows.add(item.row_id)
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,174 @@
+"""Reports over the store: students' accuracy against label storage, and an artifact's lineage.
+
+Rows are plain dicts (the `--json` payload); the commands only format them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lpld_cli.errors import ConfigError
+from lpld_cli.storage.store import Artifact, Store
+
+# The key config of each kind, shown by `report lineage` (selectors first, then config).
+KEY_CONFIG: dict[str, tuple[str, ...]] = {
+    "teacher": ("dataset", "model", "width", "depth", "teacher_epochs", "bn_stats",
+                "weights_sha256", "train_subset"),
+    "images": ("dataset", "method", "ipc", "batching", "bn_target", "iterations", "lr", "r_bn",
+               "first_bn_multiplier"),
+    "labels": ("ratio", "granularity", "metric", "select", "epochs", "batch_size", "mix",
+               "logits_dtype", "codec"),
+    "student": ("model", "labels", "epochs", "batch_size", "loss", "temperature", "optimizer",
+                "lr"),
+}
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "teacher": ("top1", "top5"),
+    "images": ("self_top1", "images"),
+    "labels": ("rows", "disk_bytes"),
+    "student": ("top1", "top5", "label_rows", "label_pool_bytes"),
+}
+
+
+def disk_bytes(artifact: Artifact) -> int:
+    """The payload's bytes on disk, from the manifest."""
+    return sum(int(meta["bytes"]) for meta in artifact.manifest["files"].values())
+
+
+# ----------------------------------------------------------------------- accuracy
+def accuracy_rows(store: Store) -> list[dict[str, Any]]:
+    """Every student: its images' method and IPC, label ratio and mode, accuracy, storage."""
+    rows = []
+    for student in store.list("student"):
+        sel, m = student.selectors, student.metrics
+        images = store.find("images", student.parents[0]) if student.parents else None
+        rows.append({
+            "id": student.id, "dataset": sel.get("dataset"), "method": sel.get("method"),
+            "ipc": sel.get("ipc"), "labels": sel.get("labels"), "ratio": sel.get("ratio"),
+            "granularity": sel.get("granularity"), "model": student.config.get("model"),
+            "epochs": m.get("epochs"), "top1": m.get("top1"), "top5": m.get("top5"),
+            "label_rows": m.get("label_rows", 0), "label_bytes": m.get("label_pool_bytes", 0),
+            "image_bytes": disk_bytes(images) if images is not None else None,
+            "created": student.manifest.get("created")})
+    rows.sort(key=lambda r: (str(r["dataset"]), str(r["method"]), r["ipc"] or 0,
+                             str(r["labels"]), -(r["label_bytes"] or 0)))
+    return rows
+
+
+def _group_name(row: dict[str, Any], with_dataset: bool, with_model: bool) -> str:
+    name = f"{row['method']} IPC{row['ipc']}"
+    if with_model:
+        name += f" {row['model']}"
+    if with_dataset:
+        name = f"{row['dataset']} {name}"
+    return name
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Paper Fig. 1's view: top-1 against label storage (log x), one line per method.
+
+    Stored-label students are points on their method's line, each tagged with its
+    ratio; online / hard students (no label storage) are dashed / dotted horizontal
+    lines in the same colour; grey vertical lines mark each image set's storage.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path} must be a .png file")
+    if not rows:
+        raise ConfigError("no students in the store to plot", "train one with `lpld train`")
+    with_dataset = len({r["dataset"] for r in rows}) > 1
+    with_model = len({r["model"] for r in rows}) > 1
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_group_name(r, with_dataset, with_model), []).append(r)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    stored_mb = [r["label_bytes"] / 1e6 for r in rows if r["labels"] == "stored"
+                 and r["label_bytes"]]
+    for i, (name, members) in enumerate(sorted(groups.items())):
+        colour = colours[i % len(colours)]
+        stored = sorted((r for r in members if r["labels"] == "stored" and r["label_bytes"]),
+                        key=lambda r: r["label_bytes"])
+        if stored:
+            xs = [r["label_bytes"] / 1e6 for r in stored]
+            ys = [100 * r["top1"] for r in stored]
+            ax.plot(xs, ys, "o-", color=colour, label=f"{name} (stored labels)")
+            for x, y, r in zip(xs, ys, stored, strict=True):
+                ax.annotate(f"{r['ratio']:g}x" if r["ratio"] else "", (x, y),
+                            textcoords="offset points", xytext=(0, 7), ha="center",
+                            fontsize=8, color=colour)
+        for mode, style in (("online", "--"), ("hard", ":")):
+            best = max((r for r in members if r["labels"] == mode),
+                       key=lambda r: r["created"] or 0, default=None)
+            if best is not None:
+                ax.axhline(100 * best["top1"], color=colour, linestyle=style, linewidth=1.2,
+                           label=f"{name} {mode} labels ({100 * best['top1']:.1f}%)")
+    images_mb = {}
+    for r in rows:
+        if r["image_bytes"]:
+            images_mb[f"images IPC{r['ipc']}"] = r["image_bytes"] / 1e6
+    for label, mb in sorted(images_mb.items()):
+        ax.axvline(mb, color="grey", linestyle="-.", linewidth=0.8)
+        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.02), xycoords=("data", "axes fraction"),
+                    fontsize=8, color="grey", ha="left", xytext=(3, 0),
+                    textcoords="offset points")
+    if stored_mb or images_mb:
+        ax.set_xscale("log")
+        span = [*stored_mb, *images_mb.values()]
+        ax.set_xlim(min(span) / 2, max(span) * 2)  # at least a decade, points off the edges
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:  # only online/hard students: no storage axis to draw
+        ax.set_xticks([])
+    ax.set_xlabel("label storage on disk (MB, log scale)")
+    ax.set_ylabel("top-1 on the real test split (%)")
+    ax.set_title("Student accuracy vs label storage")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------ lineage
+def lineage_rows(store: Store, ref: str) -> list[dict[str, Any]]:
+    """The artifact `ref` and its ancestors back to the teacher, depth-first.
+
+    Each row: depth, kind, id, key config, headline metrics; an ancestor reached twice
+    (images are a parent of both the labels and the student) is listed once and then
+    marked `seen`.
+    """
+    root = store.get(ref)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def visit(artifact_id: str, depth: int) -> None:
+        artifact = next((a for k in ("student", "labels", "images", "teacher")
+                         if (a := store.find(k, artifact_id)) is not None), None)
+        if artifact is None:
+            rows.append({"depth": depth, "kind": None, "id": artifact_id, "missing": True})
+            return
+        if artifact.id in seen:
+            rows.append({"depth": depth, "kind": artifact.kind, "id": artifact.id, "seen": True})
+            return
+        seen.add(artifact.id)
+        merged = {**artifact.config, **artifact.selectors}
+        key = {k: merged[k] for k in KEY_CONFIG.get(artifact.kind, ()) if merged.get(k)
+               is not None}
+        headline = {k: artifact.metrics[k] for k in HEADLINE.get(artifact.kind, ())
+                    if k in artifact.metrics}
+        rows.append({"depth": depth, "kind": artifact.kind, "id": artifact.id,
+                     "parents": artifact.parents, "config": key, "metrics": headline,
+                     "created": artifact.manifest.get("created")})
+        for parent in artifact.parents:
+            visit(parent, depth + 1)
+
+    visit(root.id, 0)
+    return rows

@@ -1,0 +1,407 @@
+"""Train: a student from scratch on the synthetic images, validated on the real test split.
+
+Three label modes (paper §4.1 "Validate", appendix C):
+- "stored": each step replays one row of the label pool with `augment.replay`, so the
+  student sees exactly the batch whose teacher logits are stored (DESIGN §5);
+- "online": the teacher labels a fresh augmentation every step (no storage: the upper bound);
+- "hard": cross-entropy on the images' classes, λ-mixed under CutMix (no teacher).
+
+The student checkpoint (model, optimizer, RNG, history) is saved in staging after every
+epoch; an interrupted run resumes from it and ends with the same weights (every random
+draw is a function of (seed, epoch), so nothing else carries over between epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from lpld_cli.data.augment import MIXES, Row, normalise, replay
+from lpld_cli.data.datasets import load_dataset
+from lpld_cli.device import autocast, seed_everything
+from lpld_cli.errors import ArtifactNotFoundError, ConfigError
+from lpld_cli.label_pool import LabelPool, Prefetcher
+from lpld_cli.metrics import evaluate
+from lpld_cli.models.factory import build_model, check_input, model_spec
+from lpld_cli.models.teacher import load_teacher
+from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.relabel import epoch_rows, teacher_logits
+from lpld_cli.storage.images import load_image_set
+from lpld_cli.storage.store import Artifact, Staging, Store
+
+LABEL_MODES = ("stored", "online", "hard")
+LOSSES = ("kl", "mse-gt")
+OPTIMIZERS = ("adamw", "sgd")
+# G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
+MSE_GT_CE_WEIGHT = 0.1
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # the student network (trained from scratch)
+    dataset: str = "fashion-mnist"
+    model: str = "convnet"
+    width: int = 64  # convnet only
+    depth: int = 3  # convnet only
+    # where the soft labels come from: the stored pool, the teacher online, or none (hard)
+    labels: str = "stored"
+    # the recipe
+    epochs: int = 300
+    batch_size: int = 50
+    loss: str = "kl"
+    temperature: float = 20.0
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # on parameters with more than one dimension only
+    warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
+    mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"unknown label mode {self.labels!r}",
+                              "--labels takes a label store id, online or hard")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown --loss {self.loss!r}",
+                              f"choose one of: {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown --optimizer {self.optimizer!r}",
+                              f"choose one of: {', '.join(OPTIMIZERS)}")
+        if not self.temperature > 0 or not math.isfinite(self.temperature):
+            raise ConfigError(f"--temperature must be a positive number (got {self.temperature})")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"--lr must be a positive number (got {self.lr})")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight decay must be non-negative (got {self.weight_decay})")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warm-up epochs must be in [0, --epochs) (got {self.warmup_epochs})")
+        if self.mix not in MIXES:
+            raise ConfigError(f"unknown mix {self.mix!r}", f"choose one of: {', '.join(MIXES)}")
+        if self.labels == "hard" and self.loss != "kl":
+            raise ConfigError("--loss applies to soft labels only",
+                              "--labels hard always uses cross-entropy on the classes")
+
+
+# ------------------------------------------------------------------------- losses
+def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t/T) ‖ softmax(s/T)), batch mean, without a T² factor (the authors' choice)."""
+    return F.kl_div(F.log_softmax(student / temperature, 1),
+                    F.log_softmax(teacher / temperature, 1),
+                    reduction="batchmean", log_target=True)
+
+
+def mixed_ce(student: torch.Tensor, classes: torch.Tensor, row: Row) -> torch.Tensor:
+    """Cross-entropy on one-hot classes, λ-mixed with the CutMix partners' classes."""
+    valid = row.valid
+    own = F.cross_entropy(student, classes)
+    if row.mix_lambda >= 1.0:
+        return own
+    partner = classes[row.mix_index[:valid].to(classes.device, torch.long)]
+    return row.mix_lambda * own + (1 - row.mix_lambda) * F.cross_entropy(student, partner)
+
+
+def student_batch(images: torch.Tensor, row: Row, image_size: int | None = None) -> torch.Tensor:
+    """The student's input for a row: exactly the batch the teacher labelled (DESIGN §5)."""
+    return replay(images, row, image_size)
+
+
+def _lr_at(config: TrainConfig, epoch: int) -> float:
+    """Linear warm-up, then cosine decay per epoch."""
+    if epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1) / config.warmup_epochs
+    span = config.epochs - config.warmup_epochs
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
+
+
+# ------------------------------------------------------------------------ the API
+def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact | None,
+          teacher: Artifact | None, *, data_root: str | None = None,
+          device: torch.device | None = None, force: bool = False,
+          reporter: Reporter = SILENT, eval_every: int | None = None) -> Artifact:
+    """Make (or find) the student artifact for `config`.
+
+    `labels` is the label pool for `config.labels == "stored"`; `teacher` is needed for
+    "online". `eval_every` (epochs; None: five times per run, 0: only at the end) only
+    changes how often the test top-1 is reported, not the artifact.
+    """
+    device = device or torch.device("cpu")
+    config.validate()
+    if images.kind != "images":
+        raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set")
+    pool: LabelPool | None = None
+    parents = [images.id]
+    if config.labels == "stored":
+        if labels is None:
+            raise ConfigError("stored-label training needs a label store",
+                              "pass --labels ID, or make one with `lpld relabel`")
+        pool = LabelPool.open(labels)
+        if pool.batch_size != config.batch_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} differs from the label store's row size "
+                f"{pool.batch_size}",
+                f"stored rows replay whole batches: use --batch-size {pool.batch_size}, or "
+                f"relabel with --batch-size {config.batch_size}")
+        if pool.images_id != images.id:
+            raise ConfigError(f"label store {labels.short} labels images "
+                              f"{str(pool.images_id)[:12]}, not {images.short}",
+                              "train on the label store's own images")
+        config = replace(config, mix=pool.mix)  # stored rows carry their own augmentation
+        parents.append(labels.id)
+    elif config.labels == "online":
+        if teacher is None:
+            raise ConfigError("--labels online needs the teacher", "make one with `lpld squeeze`")
+        if teacher.kind != "teacher":
+            raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
+        parents.append(teacher.id)
+
+    dataset = images.selectors.get("dataset", config.dataset)
+    if dataset != config.dataset:
+        raise ConfigError(f"images {images.short} are {dataset}, not {config.dataset}")
+    data = load_dataset(config.dataset, data_root)
+    image_size = data.preset.image_size
+    spec = model_spec(config.model, data.num_classes, data.preset.channels, image_size,
+                      config.width, config.depth)
+    check_input(build_model(spec), spec)
+    norm = _normalisation(store, data, pool, teacher, images)
+    every = max(1, config.epochs // 5) if eval_every is None else eval_every
+
+    def build(staging: Staging) -> dict[str, Any]:
+        return _run(staging, config, spec, data, norm, images, pool, labels, teacher, device,
+                    reporter, every)
+
+    stored = labels is not None and pool is not None
+    selectors = {"dataset": config.dataset, "ipc": images.selectors.get("ipc"),
+                 "method": images.selectors.get("method"),
+                 "ratio": labels.selectors.get("ratio", 1.0) if stored else None,
+                 "granularity": labels.selectors.get("granularity") if stored else None,
+                 "labels": config.labels, "model": config.model}
+    return store.produce("student", asdict(config), parents, build, force=force,
+                         resumable=True, selectors=selectors)
+
+
+def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
+         norm: dict[str, Any],
+         images: Artifact, pool: LabelPool | None, labels: Artifact | None,
+         teacher_artifact: Artifact | None, device: torch.device, reporter: Reporter,
+         eval_every: int) -> dict[str, Any]:
+    seed_everything(config.seed)
+    model = build_model(spec).to(device)
+    optimizer = _optimizer(model, config)
+    pixels, classes, _ = load_image_set(images.path)
+    if pixels.shape[-1] != spec["image_size"] or pixels.shape[1] != spec["in_chans"]:
+        raise ConfigError(f"images {images.short} are {pixels.shape[1]}×{pixels.shape[-1]}px, "
+                          f"the dataset's are {spec['in_chans']}×{spec['image_size']}px")
+    # normalised once (as relabel does: the teacher's mean/std), then kept on the device
+    x_all = normalise(pixels, norm["mean"], norm["std"]).to(device)
+    y_all = classes.to(device)
+    teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
+
+    state = _load_checkpoint(staging, model, optimizer)
+    start_epoch = state["epoch"]
+    history: list[dict[str, Any]] = state["history"]
+    used_rows: set[int] = set(state["used_rows"])
+    label_seconds, step_seconds = state["label_seconds"], state["step_seconds"]
+    if start_epoch:
+        reporter.log(f"resuming the student from epoch {start_epoch}/{config.epochs}")
+
+    prefetch = (Prefetcher(pool, pool.sampler(config.seed), start_epoch, config.epochs,
+                           pin=device.type == "cuda") if pool is not None else None)
+    task = reporter.task("train student", config.epochs)
+    task.advance(start_epoch)
+    model.train()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            lr = _lr_at(config, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            started = time.perf_counter()
+            total_loss, steps = 0.0, 0
+            if prefetch is not None:
+                wait_before = prefetch.wait_seconds
+                batches: Iterator[tuple[Row, torch.Tensor | None]] = (
+                    (b.row, b.logits) for b in prefetch.epoch(epoch))
+            else:
+                batches = ((row, None) for row in epoch_rows(
+                    len(x_all), config.batch_size, spec["image_size"], config.mix,
+                    config.seed, epoch))
+            for row, stored in batches:
+                x = student_batch(x_all, row, spec["image_size"])
+                valid = row.valid
+                target = None
+                if stored is not None:
+                    target = stored[:valid].to(device, non_blocking=True)
+                elif teacher is not None:
+                    t0 = time.perf_counter()
+                    target = teacher_logits(teacher, x_all, row, device)[:valid]
+                    label_seconds += time.perf_counter() - t0
+                with autocast(device):
+                    out = model(x)
+                out = out.float()
+                y = y_all[row.image_index[:valid].to(device, torch.long)]
+                if target is None:
+                    loss = mixed_ce(out, y, row)
+                elif config.loss == "kl":
+                    loss = kl_loss(out, target, config.temperature)
+                else:
+                    loss = F.mse_loss(out, target) + MSE_GT_CE_WEIGHT * mixed_ce(out, y, row)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach())
+                steps += 1
+            if prefetch is not None:
+                label_seconds += prefetch.wait_seconds - wait_before
+                used_rows |= prefetch.used_rows
+            step_seconds += time.perf_counter() - started
+            record: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1),
+                                      "lr": lr, "steps": steps,
+                                      "seconds": round(time.perf_counter() - started, 4)}
+            if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
+                record.update(evaluate(model, data, device))
+            history.append(record)
+            _save_checkpoint(staging, model, optimizer, epoch + 1, history, used_rows,
+                             label_seconds, step_seconds)
+            fields = {"loss": record["loss"]}
+            if "top1" in record:
+                fields["top1"] = record["top1"]
+            task.advance(1, **fields)
+    finally:
+        task.close()
+        if prefetch is not None:
+            prefetch.close()
+
+    scores = evaluate(model, data, device)
+    history[-1].update(scores)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state_dict, str(staging.path / "weights.safetensors"))
+    (staging.path / "model.json").write_text(json.dumps(spec, indent=2))
+    (staging.path / "metrics.jsonl").write_text(
+        "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    (staging.path / CHECKPOINT).unlink()
+    reporter.log(f"student top-1 {scores['top1']:.4f} on {config.dataset} test")
+    return {**scores, "epochs": config.epochs, "steps": sum(r["steps"] for r in history),
+            "images": len(x_all),
+            "label_rows": pool.rows if pool is not None else 0,
+            "label_rows_used": len(used_rows),
+            "label_pool_bytes": _disk_bytes(labels) if pool is not None else 0,
+            "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
+            "train_seconds": round(step_seconds, 3)}
+
+
+def _normalisation(store: Store, data: Any, pool: LabelPool | None, teacher: Artifact | None,
+                   images: Artifact) -> dict[str, Any]:
+    """The mean/std relabel normalised these images with: the labelling teacher's."""
+    candidates = [teacher.id if teacher is not None else None,
+                  pool.teacher_id if pool is not None else None, *images.parents]
+    for ref in candidates:
+        found = store.find("teacher", ref) if ref else None
+        if found is not None:
+            info = json.loads(found.file("data.json").read_text())
+            return {"mean": info["mean"], "std": info["std"]}
+    return {"mean": list(data.preset.mean), "std": list(data.preset.std)}
+
+
+def _disk_bytes(artifact: Artifact | None) -> int:
+    if artifact is None:
+        return 0
+    return sum(int(meta["bytes"]) for meta in artifact.manifest["files"].values())
+
+
+# ---------------------------------------------------------------- checkpoints
+def _save_checkpoint(staging: Staging, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     epoch: int, history: list[dict[str, Any]], used_rows: set[int],
+                     label_seconds: float, step_seconds: float) -> None:
+    """The state after `epoch` epochs, written atomically (temp file, then rename)."""
+    path = staging.path / CHECKPOINT
+    tmp = path.with_name(f".{CHECKPOINT}.tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
+                "used_rows": sorted(used_rows), "label_seconds": label_seconds,
+                "step_seconds": step_seconds}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(staging: Staging, model: nn.Module,
+                     optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the last epoch checkpoint left in staging, if any."""
+    fresh = {"epoch": 0, "history": [], "used_rows": [], "label_seconds": 0.0,
+             "step_seconds": 0.0}
+    path = Path(staging.path) / CHECKPOINT
+    if not staging.resumed or not path.is_file():
+        return fresh
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception:  # a checkpoint cut short: start over
+        return fresh
+    torch.set_rng_state(state["torch_rng"])
+    return {"epoch": int(state["epoch"]), "history": json.loads(state["history"]),
+            "used_rows": list(state["used_rows"]), "label_seconds": state["label_seconds"],
+            "step_seconds": state["step_seconds"]}
+
+
+# ------------------------------------------------------------- resolving the inputs
+def resolve_labels(store: Store, ratio: float, **selectors: Any) -> Artifact:
+    """The newest label store at `ratio` (1.0: unpruned) matching `selectors`.
+
+    None at a pruned ratio: the error names `lpld prune`, not `lpld relabel`.
+    """
+    wanted = {k: v for k, v in selectors.items() if v is not None}
+    try:
+        return store.newest("labels", where=lambda a: math.isclose(
+            float(a.selectors.get("ratio") or 1.0), ratio, rel_tol=1e-9), **wanted)
+    except ArtifactNotFoundError:
+        if math.isclose(ratio, 1.0):
+            raise
+        what = ", ".join(f"{k}={v}" for k, v in wanted.items())
+        raise ArtifactNotFoundError(
+            f"no label store pruned to {ratio:g}x in store {store.root}"
+            + (f" with {what}" if what else ""),
+            f"make one with `lpld prune --ratio {ratio:g}x`") from None
+
+
+def label_images(store: Store, labels: Artifact) -> Artifact:
+    """The image set a label store labels (its `images_id` attribute)."""
+    pool = LabelPool.open(labels)
+    found = store.find("images", str(pool.images_id))
+    if found is None:
+        raise ArtifactNotFoundError(
+            f"label store {labels.short} labels images {str(pool.images_id)[:12]}, which are "
+            f"not in store {store.root}", "recover them again with `lpld recover`")
+    return store.get(found.id, kind="images")
+
+
+def image_teacher(store: Store, images: Artifact) -> Artifact:
+    """The teacher an image set was recovered from (its `teacher` selector or parent)."""
+    for ref in (images.selectors.get("teacher"), *images.parents):
+        if ref and store.find("teacher", ref) is not None:
+            return store.get(ref, kind="teacher")
+    raise ArtifactNotFoundError(f"the teacher of images {images.short} is not in store "
+                                f"{store.root}", "make one with `lpld squeeze`")
