@@ -1,0 +1,480 @@
+"""Shared helpers of the benchmark scripts: arguments, the stage runner, statistics,
+diversity measures, and the RESULTS.md generator.
+
+Every stage goes through lpld's Python API and one artifact store, so a finished run
+is cached and an interrupted benchmark resumes by running the same command again.
+Stages of one phase run in a pool of spawned worker processes (one torch thread
+each on CPU: small batches of 28 px images run fastest that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+DEFAULT_OUT = BENCH / "results"
+DEFAULT_STORE = BENCH / "lpld-store"  # ignored by git (`lpld-store/`)
+DATASET = "fashion-mnist"
+
+
+# ------------------------------------------------------------------ arguments
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="the same code paths on a small teacher, fewer runs and epochs")
+    parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
+                        help=f"artifact store (default {DEFAULT_STORE.relative_to(ROOT)})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder of the results JSON; RESULTS.md is written beside it "
+                             "when it is the default folder, else inside it")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: found)")
+    return parser
+
+
+def results_md_path(out: Path) -> Path:
+    """benchmarks/RESULTS.md for the default results folder, else OUT/RESULTS.md."""
+    return BENCH / "RESULTS.md" if out.resolve() == DEFAULT_OUT.resolve() else out / "RESULTS.md"
+
+
+def device_info(device: Any) -> dict[str, Any]:
+    """What ran the figures: device type and name, CPU count, torch version."""
+    import torch
+
+    info: dict[str, Any] = {"type": device.type, "cpus": os.cpu_count(),
+                            "torch": torch.__version__, "host_cpu": platform.processor()
+                            or platform.machine()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = f"CPU ({os.cpu_count()} cores)"
+    return info
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ statistics
+def finite(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def mean_std(values: Iterable[Any]) -> dict[str, Any]:
+    """Mean and sample standard deviation (0 for one value) of the finite values."""
+    vals = finite(values)
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
+
+
+def fmt_pct(stat: dict[str, Any] | None) -> str:
+    """`mean ± std` in percent (top-1 fractions), or `n/a`."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("n", 1) > 1:
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    return f"{100 * stat['mean']:.1f}"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+# ------------------------------------------------------------------ stage runner
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_stage(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one stage (in a worker process) through lpld's Python API; return its result.
+
+    task: {"stage": recover|relabel|prune|train, "store", "device", "config", and the
+    parent ids: "teacher", "images", "labels"}.
+    """
+    import torch
+
+    from lpld_cli.device import resolve_device
+    from lpld_cli.storage.store import Store
+
+    started = time.perf_counter()
+    store = Store(task["store"])
+    device = resolve_device(task["device"])
+    stage, cfg = task["stage"], task["config"]
+    if stage == "recover":
+        from lpld_cli.recover import RecoverConfig, recover
+
+        art = recover(store, RecoverConfig(**cfg), store.get(task["teacher"], kind="teacher"),
+                      data_root=task.get("data"), device=device)
+    elif stage == "relabel":
+        from lpld_cli.relabel import RelabelConfig, relabel
+
+        art = relabel(store, RelabelConfig(**cfg), store.get(task["images"], kind="images"),
+                      device=device)
+    elif stage == "prune":
+        from lpld_cli.prune import PruneConfig, prune
+
+        art = prune(store, PruneConfig(**cfg), store.get(task["labels"], kind="labels"))
+    elif stage == "train":
+        from lpld_cli.train import TrainConfig, train
+
+        labels = store.get(task["labels"], kind="labels") if task.get("labels") else None
+        teacher = store.get(task["teacher"], kind="teacher") if task.get("teacher") else None
+        art = train(store, TrainConfig(**cfg), store.get(task["images"], kind="images"),
+                    labels, teacher, data_root=task.get("data"), device=device, eval_every=0)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    del torch
+    return {"id": art.id, "cached": art.cached, "metrics": art.metrics,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+class Runner:
+    """Runs the tasks of one phase (a dict key → task) and logs one line per finished task."""
+
+    def __init__(self, store: Path, device: str, jobs: int, threads: int,
+                 data: str | None = None) -> None:
+        self.store, self.device, self.jobs, self.threads = str(store), device, jobs, threads
+        self.data = data
+        self.results: dict[Any, dict[str, Any]] = {}
+        self.done = 0
+        self.total = 0
+
+    def phase(self, name: str, tasks: dict[Any, dict[str, Any]],
+              describe: Callable[[Any, dict[str, Any]], str] | None = None) -> None:
+        todo = {k: {**t, "store": self.store, "device": self.device, "data": self.data}
+                for k, t in tasks.items() if k not in self.results}
+        if not todo:
+            return
+        log(f"phase {name}: {len(todo)} runs on {self.jobs} worker(s)")
+        started = time.perf_counter()
+        count = 0
+
+        def report(key: Any, result: dict[str, Any]) -> None:
+            nonlocal count
+            count += 1
+            self.results[key] = result
+            text = describe(key, result) if describe else ""
+            state = "cached" if result["cached"] else f"{result['seconds']:.1f}s"
+            log(f"  {name} [{count}/{len(todo)}] {_key_text(key)}: {text} ({state}; "
+                f"phase {time.perf_counter() - started:.0f}s)")
+
+        if self.jobs <= 1:
+            _init_worker(self.threads)
+            for key, task in todo.items():
+                report(key, run_stage(task))
+            return
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(self.threads,)) as pool:
+            futures = {pool.submit(run_stage, task): key for key, task in todo.items()}
+            try:
+                for future in as_completed(futures):
+                    report(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, tuple):
+        return " ".join(str(k) for k in key if k is not None)
+    return str(key)
+
+
+def default_jobs(device_type: str) -> int:
+    return 1 if device_type == "cuda" else max(1, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------ diversity
+def diversity(teacher_artifact: Any, images_artifact: Any, data: Any, device: Any,
+              real_per_class: int = 100, seed: int = 0) -> dict[str, float]:
+    """Diversity of an image set in the teacher's penultimate feature space.
+
+    - `cosine`: mean pairwise cosine similarity between the features of distinct images
+      of the same class, averaged over classes (lower = more diverse);
+    - `mmd2`: squared MMD (biased estimator, Gaussian kernel, bandwidth = median pairwise
+      distance of the real features) between the set's features and those of
+      `real_per_class` seeded real training images per class, averaged over classes
+      (lower = closer to the real distribution).
+    """
+    import torch
+
+    from lpld_cli.models.factory import penultimate_features
+    from lpld_cli.models.teacher import load_teacher
+    from lpld_cli.storage.images import load_image_set
+
+    teacher = load_teacher(teacher_artifact, device)
+    mean = torch.tensor(teacher.data["mean"], device=device).view(1, -1, 1, 1)
+    std = torch.tensor(teacher.data["std"], device=device).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def features(x01: torch.Tensor) -> torch.Tensor:
+        out = [penultimate_features(teacher.model, (x01[i:i + 500].to(device) - mean) / std)
+               .float() for i in range(0, len(x01), 500)]
+        return torch.cat(out)
+
+    pixels, labels, _ = load_image_set(images_artifact.path)
+    syn = features(pixels.float() / 255)
+    real_x, real_y = data.sample_train_images(real_per_class, seed)
+    real = features(real_x)
+    cosines, mmds = [], []
+    for c in sorted(set(labels.tolist())):
+        a = syn[labels.to(syn.device) == c]
+        b = real[real_y.to(real.device) == c]
+        if len(a) > 1:
+            z = torch.nn.functional.normalize(a, dim=1)
+            sim = z @ z.T
+            n = len(a)
+            cosines.append(float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))))
+        bandwidth = torch.cdist(b, b).median().clamp_min(1e-6)
+
+        def k(u: torch.Tensor, v: torch.Tensor, bw: torch.Tensor = bandwidth) -> torch.Tensor:
+            return torch.exp(-torch.cdist(u, v).square() / (2 * bw**2))
+
+        mmds.append(float(k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean()))
+    return {"cosine": statistics.fmean(cosines) if cosines else float("nan"),
+            "mmd2": statistics.fmean(mmds)}
+
+
+# ------------------------------------------------------------------ RESULTS.md
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _device_line(meta: dict[str, Any]) -> str:
+    dev = meta.get("device", {})
+    return (f"device: **{dev.get('name', '?')}** ({dev.get('type', '?')}, torch "
+            f"{dev.get('torch', '?')}), {meta.get('jobs', 1)} worker process(es) × "
+            f"{meta.get('threads', '?')} thread(s)")
+
+
+def render_reproduce(res: dict[str, Any]) -> str:
+    meta, tables = res["meta"], res["tables"]
+    out = [f"## Reproduction on Fashion-MNIST ({'quick' if meta['quick'] else 'full'} run)", "",
+           f"Generated by `{meta['command']}` on {meta['finished']} in "
+           f"{meta['seconds'] / 60:.1f} min; {_device_line(meta)}. Every figure below comes "
+           f"from this device. Top-1 on the real 10,000-image test split, mean ± sample std "
+           f"over seeds {meta['seeds']} (each seed varies recover, relabel, prune and train; "
+           f"the teacher is one, seed 0).", ""]
+    t = res["teacher"]
+    out += [f"Teacher: {t['model']} (trained by `squeeze`), top-1 {100 * t['top1']:.2f}%; "
+            f"`--bn-stats ema` teacher: the same weights, EMA class statistics.", ""]
+    out += ["### Settings scaled down from the paper", ""]
+    out += [f"- **{k}**: {v}" for k, v in meta["scaled_down"].items()]
+    out += [""]
+
+    t3 = tables["table3"]
+    out += ["### Table 3 analogue: label pruning, SRe²L vs CDA vs LPLD", "",
+            "SRe²L and CDA keep their own label pool (whole stored epochs, `--granularity "
+            "epoch`, random); LPLD uses its improved pool (`--granularity batch`, random). "
+            "1× = the unpruned store. Label bytes: the label store on disk (mean over seeds).",
+            ""]
+    for ipc in t3["ipcs"]:
+        header = [f"IPC{ipc}"] + [f"{r:g}×" for r in t3["ratios"]]
+        rows = []
+        for method in t3["methods"]:
+            cells = [fmt_pct(_top1(t3["rows"], ipc=ipc, method=method, ratio=r))
+                     for r in t3["ratios"]]
+            rows.append([method, *cells])
+        bytes_row = [fmt_bytes((_find(t3["rows"], ipc=ipc, method="lpld", ratio=r) or {})
+                               .get("label_bytes")) for r in t3["ratios"]]
+        rows.append(["label bytes (lpld)", *bytes_row])
+        out += [_table(header, rows), ""]
+
+    t4 = tables["table4"]
+    out += ["### Table 4 analogue: ablation (C = class batching, CS = class-wise BN target, "
+            "ILP = batch-granularity label pool)", ""]
+    for ipc in t4["ipcs"]:
+        header = [f"IPC{ipc}", "C", "CS", "ILP"] + [f"{r:g}×" for r in t4["ratios"]]
+        rows = []
+        for spec in t4["variants"]:
+            cells = [fmt_pct(_top1(t4["rows"], ipc=ipc, row=spec["row"], ratio=r))
+                     for r in t4["ratios"]]
+            rows.append([spec["label"], *("✓" if spec[f] else "–" for f in ("C", "CS", "ILP")),
+                         *cells])
+        out += [_table(header, rows), ""]
+
+    t5 = tables["table5a"]
+    out += [f"### Table 5a analogue: pruning metrics at {t5['ratio']:g}× (LPLD images, "
+            f"IPC{t5['ipc']}, batch granularity)", ""]
+    header = [f"IPC{t5['ipc']}", *t5["metrics"]]
+    rows = [[sel, *(fmt_pct(_top1(t5["rows"], metric=m, select=sel)) for m in t5["metrics"])]
+            for sel in t5["selections"]]
+    rand = fmt_pct(_top1(t5["rows"], metric="random", select=None))
+    rows.append(["random", rand, *[""] * (len(t5["metrics"]) - 1)])
+    out += [_table(header, rows), ""]
+    best = t5.get("best")
+    if best:
+        out += [f"Best metric: {best['metric']} / {best['select']} "
+                f"{fmt_pct(best['top1'])} vs random {rand}.", ""]
+
+    bn = tables["bn_stats"]
+    out += [f"### `--bn-stats ema` vs `exact` (LPLD, IPC{bn['ipc']})", ""]
+    header = ["class statistics"] + [f"{r:g}×" for r in bn["ratios"]] + ["self top-1"]
+    rows = [[mode, *(fmt_pct(_top1(bn["rows"], bn_stats=mode, ratio=r)) for r in bn["ratios"]),
+             fmt_pct((_find(bn["rows"], bn_stats=mode, ratio=bn["ratios"][0]) or {})
+                     .get("self_top1"))]
+            for mode in ("exact", "ema")]
+    out += [_table(header, rows), ""]
+
+    base = tables["baselines"]
+    out += ["### Label baselines: stored soft labels vs online teacher vs hard labels", ""]
+    header = ["IPC", "images", "stored 1×", f"stored {base['ratio']:g}×", "online teacher",
+              "hard labels"]
+    rows = []
+    for row in base["rows"]:
+        rows.append([row["ipc"], row["method"], fmt_pct(row.get("stored_1x")),
+                     fmt_pct(row.get("stored_pruned")), fmt_pct(row.get("online")),
+                     fmt_pct(row.get("hard"))])
+    out += [_table(header, rows), ""]
+
+    rob = tables["robustness"]
+    out += ["### Label robustness (DD-Ranking): IOR and HLR", "",
+            "IOR = top-1(distilled) − top-1(random real subset, same IPC and label pipeline); "
+            f"HLR = top-1(full real data, hard labels) − top-1(distilled, hard labels). "
+            f"{rob['hlr_reference']}", ""]
+    header = ["IPC", "method", "IOR 1×", f"IOR {rob['ratio']:g}×", "HLR"]
+    rows = [[r["ipc"], r["method"], _pp(r.get("ior_1x")), _pp(r.get("ior_pruned")),
+             _pp(r.get("hlr"))] for r in rob["rows"]]
+    out += [_table(header, rows), ""]
+
+    div = tables["diversity"]
+    out += ["### Diversity of every image set", "", div["definition"], ""]
+    header = ["IPC", "images", "cosine (↓ diverse)", "MMD² (↓ closer to real)", "self top-1"]
+    rows = [[r["ipc"], r["method"], _num(r.get("cosine")), _num(r.get("mmd2")),
+             fmt_pct(r.get("self_top1"))] for r in div["rows"]]
+    out += [_table(header, rows), ""]
+
+    if res.get("figure"):
+        out += [f"![accuracy vs label storage]({res['figure']})", "",
+                "Fig. 1 analogue: top-1 vs label storage on disk (log x), one line per method.",
+                ""]
+    if res.get("findings"):
+        out += ["### Where Fashion-MNIST agrees or disagrees with the paper", ""]
+        out += [f"- {line}" for line in res["findings"]]
+        out += [""]
+    return "\n".join(out)
+
+
+def _pp(stat: dict[str, Any] | None) -> str:
+    """A difference of fractions in percentage points."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    sign = "+" if stat["mean"] >= 0 else ""
+    if stat.get("n", 1) > 1:
+        return f"{sign}{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+    return f"{sign}{100 * stat['mean']:.1f}"
+
+
+def _num(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    if stat.get("n", 1) > 1:
+        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    return f"{stat['mean']:.4f}"
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The first row whose fields equal `match`."""
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def _top1(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return (_find(rows, **match) or {}).get("top1")
+
+
+def render_speed(res: dict[str, Any]) -> str:
+    meta, f = res["meta"], res["figures"]
+    out = [f"## Speed ratios on {meta['device']['name']} ({'quick' if meta['quick'] else 'full'}"
+           " run)", "",
+           f"Generated by `{meta['command']}` on {meta['finished']}; "
+           f"{_device_line(meta)}. Each ratio compares two measurements taken side by side "
+           "in this one run.", ""]
+    rows = []
+    for fig in f.values():
+        rows.append([fig["what"], fig["a_label"], _val(fig["a"], fig["unit"]), fig["b_label"],
+                     _val(fig["b"], fig["unit"]), f"{fig['ratio']:.2f}×", fig.get("note", "")])
+    out += [_table(["figure", "A", "value A", "B", "value B", "A / B", "note"], rows), ""]
+    if res.get("notes"):
+        out += [f"- {n}" for n in res["notes"]]
+        out += [""]
+    return "\n".join(out)
+
+
+def _val(v: float, unit: str) -> str:
+    if unit == "bytes":
+        return fmt_bytes(v)
+    if unit == "MB":
+        return f"{v:.1f} MB"
+    if unit == "ms":
+        return f"{v:.2f} ms"
+    return f"{v:.1f} {unit}"
+
+
+def regenerate_results(out: Path) -> Path:
+    """Render RESULTS.md from every results JSON in `out` (never typed by hand)."""
+    parts = ["# lpld benchmark results", "",
+             "GENERATED by `benchmarks/reproduce.py` / `benchmarks/speed.py` from the JSON in "
+             "`benchmarks/results/` — do not edit by hand; rerun a script to refresh it.", ""]
+    full, quick = out / "reproduce.json", out / "reproduce-quick.json"
+    for path in (full, quick):
+        if path.is_file():
+            parts += [render_reproduce(json.loads(path.read_text())), ""]
+            if path == full:
+                break
+    for path in sorted(out.glob("speed-*.json")):
+        full_twin = path.with_name(path.name.replace("-quick.json", ".json"))
+        if path.name.endswith("-quick.json") and full_twin.is_file():
+            continue  # a full run of the same device replaces its quick one
+        parts += [render_speed(json.loads(path.read_text())), ""]
+    target = results_md_path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(parts).rstrip() + "\n")
+    return target
+
+
+if __name__ == "__main__":  # one stage from a JSON task: `python -m benchmarks._common TASK`
+    _task = json.loads(sys.argv[1])
+    _init_worker(int(_task.get("threads", 1)))
+    print(json.dumps(run_stage(_task), default=_json_default))

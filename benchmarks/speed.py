@@ -1,0 +1,264 @@
+"""Speed ratios of lpld's stages, each measured side by side in one run.
+
+    python benchmarks/speed.py [--quick] [--device auto|cpu|cuda]
+
+- recover: images/s with every class in one optimisation step vs one class per step;
+- relabel: rows/s vs a pure teacher forward over the very same augmented batches;
+- train: steps/s with stored labels vs hard labels vs the online teacher, and the share
+  of step time spent waiting for labels;
+- storage: label bytes on disk (Zarr) vs the authors' per-batch torch.save layout;
+- memory: peak RSS of relabel and train at E = 300 vs E = 30 (each in a subprocess,
+  read with getrusage(RUSAGE_CHILDREN) by a wrapper process).
+
+Writes `results/speed-<device>.json` (`speed-<device>-quick.json` with --quick) and
+regenerates RESULTS.md. Timing runs use a scratch store (forced recomputation) beside
+the artifact store, which itself only caches the teacher and the image set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (  # noqa: E402
+    DATASET,
+    ROOT,
+    base_parser,
+    device_info,
+    log,
+    regenerate_results,
+    write_json,
+)
+from benchmarks.reproduce import settings  # noqa: E402
+
+# RSS wrapper: runs one stage in a child and prints the child's peak RSS in KiB.
+_RSS_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "proc = subprocess.run([sys.executable, '-m', 'benchmarks._common', sys.argv[1]], "
+    "capture_output=True, text=True)\n"
+    "sys.stderr.write(proc.stderr[-2000:])\n"
+    "print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def peak_rss_mb(task: dict[str, Any]) -> float:
+    """Peak RSS (MB) of one stage run in a fresh grandchild process."""
+    proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, json.dumps(task)],
+                          capture_output=True, text=True, cwd=ROOT, check=False)
+    try:
+        code, kib = proc.stdout.split()
+    except ValueError:
+        raise RuntimeError(f"RSS run failed: {proc.stderr[-2000:]}") from None
+    if int(code) != 0:
+        raise RuntimeError(f"RSS run failed (exit {code}): {proc.stderr[-2000:]}")
+    return int(kib) / 1024
+
+
+def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
+           target: float | None = None, note: str = "") -> dict[str, Any]:
+    ratio = a / b if b else float("nan")
+    out = {"what": what, "a_label": a_label, "a": a, "b_label": b_label, "b": b,
+           "unit": unit, "ratio": ratio, "note": note}
+    if target is not None:
+        out["target"] = target
+        out["meets_target"] = bool(ratio >= target)
+        out["note"] = (f"target ≥ {target:g}×: {'met' if ratio >= target else 'MISSED'}"
+                       + (f"; {note}" if note else ""))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for every timed stage (default 1: what the "
+                             "reproduction's workers use)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from lpld_cli.data import augment
+    from lpld_cli.device import autocast, resolve_device
+    from lpld_cli.models.teacher import load_teacher
+    from lpld_cli.recover import RecoverConfig, recover
+    from lpld_cli.relabel import RelabelConfig, epoch_rows, relabel
+    from lpld_cli.squeeze import SqueezeConfig, squeeze
+    from lpld_cli.storage.images import load_image_set
+    from lpld_cli.storage.store import Store
+    from lpld_cli.storage_report import label_row
+    from lpld_cli.train import TrainConfig, train
+
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    s = settings(args.quick)
+    quick = args.quick
+    rec_iters = 30 if quick else 200
+    relabel_epochs = 30 if quick else 300
+    train_epochs = 10 if quick else 60
+    ipc = 10
+    store = Store(args.store)
+    log(f"speed ({'quick' if quick else 'full'}) on {device}, store {args.store}")
+
+    teacher = squeeze(store, SqueezeConfig(**s.teacher), data_root=args.data, device=device)
+    images = recover(store, RecoverConfig(ipc=ipc, method="lpld", seed=0,
+                                          iterations=s.recover_iterations),
+                     teacher, data_root=args.data, device=device)
+    log(f"teacher {teacher.short}, images {images.short}")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+
+    scratch_root = Path(tempfile.mkdtemp(prefix="lpld-speed-", dir=Path(args.store).parent))
+    figures: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        scratch = Store(scratch_root / "store")
+        for art in (teacher, images):
+            shutil.copytree(art.path, scratch.root / "objects" / art.kind / art.id)
+        teacher_s = scratch.get(teacher.id, kind="teacher")
+        images_s = scratch.get(images.id, kind="images")
+
+        # -- recover: all classes per step vs one class per step
+        timings = {}
+        for label, per_step in (("all", None), ("one", 1)):
+            cfg = RecoverConfig(ipc=ipc, method="lpld", seed=1, iterations=rec_iters,
+                                classes_per_step=per_step)
+            t0 = time.perf_counter()
+            art = recover(scratch, cfg, teacher_s, data_root=args.data, device=device,
+                          force=True)
+            timings[label] = time.perf_counter() - t0
+            n_images = art.metrics["images"]
+            log(f"recover classes per step {per_step or 'all'}: {timings[label]:.1f}s")
+        figures["recover"] = figure(
+            f"recover images/s (lpld, IPC{ipc}, {rec_iters} iterations, whole command)",
+            "all classes per step", n_images / timings["all"], "one class per step",
+            n_images / timings["one"], "images/s", target=2.0)
+
+        # -- relabel: rows/s vs a pure teacher forward over the same augmented batches
+        rl = relabel(scratch, RelabelConfig(epochs=relabel_epochs, seed=0), images_s,
+                     device=device, force=True, threads=args.threads)
+        rl_rate = rl.metrics["rows_per_s"]
+        net = load_teacher(teacher_s, device)
+        pixels, _, _ = load_image_set(images_s.path)
+        stack = augment.normalise(pixels, net.data["mean"], net.data["std"]).to(device)
+        batches = [augment.replay(stack, row) for e in range(relabel_epochs)
+                   for row in epoch_rows(len(pixels), 50, int(pixels.shape[-1]), "cutmix", 0, e)]
+        with torch.no_grad():
+            for x in batches[:5]:  # warm-up
+                net.model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for x in batches:
+                with autocast(device):
+                    out = net.model(x).float()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            del out
+            fwd_rate = len(batches) / (time.perf_counter() - t0)
+        figures["relabel"] = figure(
+            f"relabel rows/s ({len(batches)} rows of 50, E={relabel_epochs})", "relabel",
+            rl_rate, "teacher forward only", fwd_rate, "rows/s", target=0.8,
+            note="relabel also draws, replays, encodes and writes each row")
+        log(f"relabel {rl_rate:.1f} rows/s, forward {fwd_rate:.1f} rows/s")
+
+        # -- train: stored vs hard vs online labels
+        steps: dict[str, dict[str, Any]] = {}
+        for mode in ("stored", "hard", "online"):
+            cfg = TrainConfig(dataset=DATASET, labels=mode, epochs=train_epochs, seed=0)
+            labels = rl if mode == "stored" else None
+            art = train(scratch, cfg, images_s, labels, teacher_s if mode == "online" else None,
+                        data_root=args.data, device=device, force=True, eval_every=0)
+            m = art.metrics
+            steps[mode] = {"steps_per_s": m["steps"] / m["train_seconds"],
+                           "label_wait_share": m["label_wait_share"], "top1": m["top1"]}
+            log(f"train {mode}: {steps[mode]['steps_per_s']:.1f} steps/s")
+        what = f"train steps/s (IPC{ipc}, batch 50, {train_epochs} epochs)"
+        figures["train_stored_vs_hard"] = figure(
+            what, "stored labels", steps["stored"]["steps_per_s"], "hard labels",
+            steps["hard"]["steps_per_s"], "steps/s", target=0.9)
+        figures["train_online_vs_hard"] = figure(
+            what, "online teacher", steps["online"]["steps_per_s"], "hard labels",
+            steps["hard"]["steps_per_s"], "steps/s")
+        figures["train_stored_vs_online"] = figure(
+            what, "stored labels", steps["stored"]["steps_per_s"], "online teacher",
+            steps["online"]["steps_per_s"], "steps/s")
+        figures["label_wait"] = figure(
+            "share of train step time waiting for labels", "stored (pool read)",
+            steps["stored"]["label_wait_share"], "online (teacher forward)",
+            max(steps["online"]["label_wait_share"], 1e-9), "share of step time",
+            note="the A and B values are shares; A / B compares them")
+
+        # -- storage: Zarr on disk vs the authors' torch.save layout, same content
+        row = label_row(scratch, rl)
+        figures["storage"] = figure(
+            f"label bytes, {row['rows']} rows (E={relabel_epochs}, IPC{ipc})",
+            "torch.save per batch", row["torch_save_bytes"], "lpld Zarr on disk",
+            row["disk_bytes"], "bytes")
+        figures["storage_blocks"] = figure(
+            "the same, torch.save files on 4 KiB filesystem blocks", "torch.save on blocks",
+            row["torch_save_block_bytes"], "lpld Zarr on disk", row["disk_bytes"], "bytes",
+            note=f"{row['torch_save_files']} files vs one Zarr group")
+
+        # -- peak RSS at E = 300 vs E = 30 (fresh processes)
+        rss: dict[str, dict[int, float]] = {"relabel": {}, "train": {}}
+        rss_store = str(scratch_root / "rss-store")
+        shutil.copytree(scratch.root / "objects" / "teacher", Path(rss_store) / "objects" /
+                        "teacher")
+        shutil.copytree(scratch.root / "objects" / "images", Path(rss_store) / "objects" /
+                        "images")
+        base = {"store": rss_store, "device": args.device, "data": args.data,
+                "threads": args.threads}
+        for epochs in (30, 300):
+            relabel_task = {**base, "stage": "relabel", "images": images.id,
+                            "config": {"epochs": epochs, "seed": 0}}
+            rss["relabel"][epochs] = peak_rss_mb(relabel_task)
+            labels_id = json.loads(subprocess.run(
+                [sys.executable, "-m", "benchmarks._common", json.dumps(relabel_task)],
+                capture_output=True, text=True, cwd=ROOT, check=True).stdout)["id"]
+            train_task = {**base, "stage": "train", "images": images.id, "labels": labels_id,
+                          "config": {"dataset": DATASET, "labels": "stored", "epochs": epochs,
+                                     "seed": 0}}
+            rss["train"][epochs] = peak_rss_mb(train_task)
+            log(f"peak RSS at E={epochs}: relabel {rss['relabel'][epochs]:.0f} MB, "
+                f"train {rss['train'][epochs]:.0f} MB")
+        for stage in ("relabel", "train"):
+            figures[f"rss_{stage}"] = figure(
+                f"{stage} peak RSS (IPC{ipc}, subprocess)", "E = 300", rss[stage][300],
+                "E = 30", rss[stage][30], "MB", note="flat memory: ratio ≈ 1")
+    finally:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+
+    info = device_info(device)
+    for key, fig in figures.items():
+        if fig.get("meets_target") is False:
+            notes.append(f"{key}: {fig['ratio']:.2f}× misses the target {fig['target']:g}× "
+                         "on this device (see the report for what limits it).")
+    if device.type == "cpu":
+        notes.append(f"CPU timings use {args.threads} torch thread(s); they are inflated and "
+                     "noisy when other processes share the cores.")
+    tag = info["type"] + ("-quick" if quick else "")
+    result = {"meta": {"quick": quick, "device": info, "jobs": 1, "threads": args.threads,
+                       "command": "python benchmarks/speed.py" + (" --quick" if quick else "")
+                       + (f" --device {args.device}" if args.device != "auto" else ""),
+                       "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "seconds": round(time.perf_counter() - started, 1),
+                       "settings": {"ipc": ipc, "recover_iterations": rec_iters,
+                                    "relabel_epochs": relabel_epochs,
+                                    "train_epochs": train_epochs}},
+              "figures": figures, "train": steps, "notes": notes}
+    path = args.out / f"speed-{tag}.json"
+    write_json(path, result)
+    target = regenerate_results(args.out)
+    log(f"wrote {path} and {target} in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
