@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpld_cli.errors import ArtifactNotFoundError, ConfigError
+from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import image_labels
-from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits
+from lpld_cli.storage.labels import GROUP, LabelRows, LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Staging, Store
 
 GRANULARITIES = ("batch", "epoch")
@@ -174,13 +174,12 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
         raise ValueError(f"metric {metric} needs the images' classes")
     dtype = labels.attrs.get("logits_dtype", "float16")
     out = np.empty(labels.rows, dtype=np.float64)
-    arrays = labels.arrays
     step = labels.rows_per_chunk
     for start in range(0, labels.rows, step):
         stop = min(start + step, labels.rows)
-        index = torch.from_numpy(arrays["image_index"][start:stop].astype(np.int64))
-        mix_index = torch.from_numpy(arrays["mix_index"][start:stop].astype(np.int64))
-        lam = torch.from_numpy(arrays["mix_lambda"][start:stop].astype(np.float32))
+        index = torch.from_numpy(_read(labels, "image_index", start, stop).astype(np.int64))
+        mix_index = torch.from_numpy(_read(labels, "mix_index", start, stop).astype(np.int64))
+        lam = torch.from_numpy(_read(labels, "mix_lambda", start, stop).astype(np.float32))
         valid = index >= 0
         slots = torch.arange(index.shape[1]).expand_as(index)
         partner_slot = mix_index.clamp(0, index.shape[1] - 1)
@@ -192,8 +191,10 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
             partner = torch.where(partner_img >= 0, cls[partner_img.clamp(min=0)], own)
         else:
             own = partner = torch.full_like(index, -1)
-        logits = (decode_logits(arrays["logits"][start:stop], dtype) if metric != "cut-ratio"
-                  else torch.zeros(*index.shape, 1))
+        if metric == "cut-ratio":  # λ only: the logits are not read
+            logits = torch.zeros(*index.shape, 1)
+        else:
+            logits = decode_logits(_read(labels, "logits", start, stop), dtype)
         score = slot_scores(metric, logits, own, partner, mixed, lam).double()
         count = valid.sum(1).clamp(min=1)
         out[start:stop] = ((score * valid).sum(1) / count).numpy()
@@ -263,10 +264,10 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
          reporter: Reporter = SILENT) -> Plan:
     """Decide which parent rows to keep (reads only what the metric needs, chunk by chunk)."""
     attrs = labels.attrs
-    batch_id = labels.arrays["batch_id"][:].astype(np.int64)
+    batch_id = _read(labels, "batch_id", 0, labels.rows).astype(np.int64)
     complete = np.zeros(labels.rows, dtype=bool)
     for start, stop in _chunks(labels):
-        complete[start:stop] = (labels.arrays["image_index"][start:stop] >= 0).all(axis=1)
+        complete[start:stop] = (_read(labels, "image_index", start, stop) >= 0).all(axis=1)
     if not complete.any():
         raise ConfigError(
             "the label store has no complete row: every stored batch has empty slots",
@@ -326,6 +327,15 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
     rows = np.flatnonzero(np.isin(unit_of_row, picked))
     kept_score = unit_score(config.metric)[picked] if need_score else None
     return Plan(rows, len(unit_order), total_units, len(picked), score, kept_score)
+
+
+def _read(labels: LabelStore, name: str, start: int, stop: int) -> np.ndarray:
+    """One array's rows [start, stop); a chunk that does not decode is corruption."""
+    try:
+        return labels.arrays[name][start:stop]
+    except Exception:  # codec or shape errors from a damaged chunk file
+        raise ArtifactCorruptedError(getattr(labels, "artifact_id", "?"),
+                                     f"{GROUP}/{name}") from None
 
 
 def _chunks(labels: LabelStore):

@@ -451,3 +451,15 @@ def test_cli_help_names_every_option() -> None:
     for word in ("--ratio", "--granularity", "--metric", "--select", "--calibrate-easy",
                  "--calibrate-hard", "--from", "UNPRUNED", "signed-diff", "softmax"):
         assert word in help_text, word
+
+
+def test_damaged_chunk_is_reported_as_corruption(store: Store, parent: Artifact) -> None:
+    from lpld_cli.errors import ArtifactCorruptedError
+
+    chunk = parent.path / "labels.zarr" / "logits" / "c" / "1" / "0" / "0"
+    chunk.chmod(0o644)
+    chunk.write_bytes(b"not a blosc frame")
+    with pytest.raises(ArtifactCorruptedError, match="labels.zarr/logits"):
+        prune(store, PruneConfig(ratio=2.0, metric="confidence"), parent)
+    result = cli(store, "--ratio", "2x", "--from", parent.id)  # the CLI re-hashes first
+    assert result.exit_code == 1 and "is corrupted" in result.stderr
