@@ -178,6 +178,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     start_time = time.perf_counter()
     buffer = _empty_block(chunk, b, num_classes, label_store.arrays["logits"].dtype)
     filled = 0
+    pending: list[torch.Tensor] = []
     block_start = done
     first_epoch = done // batches_per_epoch
     try:
@@ -187,10 +188,15 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
                 r = epoch * batches_per_epoch + batch
                 if r < done:  # redrawn only to advance this epoch's generator
                     continue
-                logits = teacher_logits(teacher.model, stack, row, device)
-                _fill(buffer, filled, r, row, encode_logits(logits, config.logits_dtype))
+                # Logits stay on the device until the chunk is full: one transfer per
+                # chunk, so the accelerator never waits on a per-batch copy.
+                pending.append(teacher_logits(teacher.model, stack, row, device))
+                _fill(buffer, filled, r, row)
                 filled += 1
                 if filled == chunk or r == rows - 1:
+                    buffer.logits[:filled] = encode_logits(torch.stack(pending),
+                                                           config.logits_dtype)
+                    pending = []
                     writer.put(block_start, buffer.take(slice(0, filled)))
                     buffer = _empty_block(chunk, b, num_classes,
                                           label_store.arrays["logits"].dtype)
@@ -265,8 +271,7 @@ def _empty_block(rows: int, b: int, c: int, logits_dtype: Any) -> LabelRows:
     return LabelRows(**arrays)
 
 
-def _fill(block: LabelRows, i: int, row_number: int, row: augment.Row,
-          logits: np.ndarray) -> None:
+def _fill(block: LabelRows, i: int, row_number: int, row: augment.Row) -> None:
     block.batch_id[i] = row_number
     block.image_index[i] = row.image_index.numpy()
     block.crop[i] = row.crop.numpy()
@@ -274,7 +279,6 @@ def _fill(block: LabelRows, i: int, row_number: int, row: augment.Row,
     block.mix_index[i] = row.mix_index.numpy()
     block.mix_lambda[i] = row.mix_lambda
     block.mix_box[i] = row.mix_box.numpy()
-    block.logits[i] = logits
 
 
 def _read_progress(path: Path) -> int:
