@@ -50,9 +50,9 @@ def command(
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
     if ipc is not None and ipc < 1:
-        raise_config(f"--ipc must be at least 1 (got {ipc})")
+        raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
     if threads < 0:
-        raise_config(f"--threads must be 0 or more (got {threads})")
+        raise ConfigError(f"--threads must be 0 or more (got {threads})")
     # Explicit values are checked before looking anything up in the store.
     RelabelConfig(epochs=1 if epochs is None else epochs,
                   batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
@@ -78,7 +78,3 @@ def command(
          f"{m['batches_per_epoch']} batches), {m.get('rows_per_s', 0):.1f} rows/s\n"
          f"  {m['logical_bytes']:,} logical bytes, {m['disk_bytes']:,} on disk\n"
          f"  {artifact.path}")
-
-
-def raise_config(message: str) -> None:
-    raise ConfigError(message)

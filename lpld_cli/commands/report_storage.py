@@ -9,6 +9,7 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
+from lpld_cli.errors import ConfigError
 from lpld_cli.storage.labels import COMPONENTS
 from lpld_cli.storage_report import plan_row, storage_report
 
@@ -43,8 +44,6 @@ def command(
 ) -> None:
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
-    from lpld_cli.errors import ConfigError
-
     if plan is not None:
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
@@ -96,6 +95,8 @@ def human(rows: list[dict[str, Any]]) -> str:
                    + (f"{ratio:.1f}" if ratio is not None else "-"))
         ts = row["torch_save_bytes"]
         out.append(f"  torch.save layout (one file per batch, {row['torch_save_files']} files): "
-                   f"{gb(ts)} GB ({ts / max(row['disk_bytes'], 1):.2f}x this store on disk)")
+                   f"{gb(ts)} GB ({ts / max(row['disk_bytes'], 1):.2f}x "
+                   + ("the uncompressed Zarr arrays)" if row["kind"] == "plan"
+                      else "this store on disk)"))
     out.append("GB = 2^30 bytes (as in the paper's tables); --json gives exact bytes")
     return "\n".join(out)
