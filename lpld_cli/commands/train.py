@@ -73,8 +73,9 @@ def command(
     warmup_epochs: Annotated[int | None, typer.Option(
         help="Linear warm-up epochs [default: the preset's].", show_default=False)] = None,
     eval_every: Annotated[int | None, typer.Option(
-        help="Test top-1 every N epochs in the progress line (0: only at the end) "
-             "[default: five times per run].", show_default=False)] = None,
+        help="Show top-1 on the first 2,000 test images every N epochs (0: never; the "
+             "final top-1 always uses the whole test split) "
+             "[default: ten times per run].", show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
         help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
