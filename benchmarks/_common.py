@@ -138,8 +138,16 @@ def run_stage(task: dict[str, Any]) -> dict[str, Any]:
 
         art = prune(store, PruneConfig(**cfg), store.get(task["labels"], kind="labels"))
     elif stage == "train":
+        from dataclasses import asdict
+
         from lpld_cli.train import TrainConfig, train
 
+        # A finished student is found without loading the dataset (train() loads it first).
+        parents = [task["images"], *(task[k] for k in ("labels", "teacher") if task.get(k))]
+        hit = store.cached("student", asdict(TrainConfig(**cfg)), parents)
+        if hit is not None:
+            return {"id": hit.id, "cached": True, "metrics": hit.metrics,
+                    "seconds": round(time.perf_counter() - started, 2)}
         labels = store.get(task["labels"], kind="labels") if task.get("labels") else None
         teacher = store.get(task["teacher"], kind="teacher") if task.get("teacher") else None
         art = train(store, TrainConfig(**cfg), store.get(task["images"], kind="images"),
@@ -361,8 +369,9 @@ def render_reproduce(res: dict[str, Any]) -> str:
               "hard labels"]
     rows = []
     for row in base["rows"]:
+        online = fmt_pct(row["online"]) if row.get("online") else "– (not run)"
         rows.append([row["ipc"], row["method"], fmt_pct(row.get("stored_1x")),
-                     fmt_pct(row.get("stored_pruned")), fmt_pct(row.get("online")),
+                     fmt_pct(row.get("stored_pruned")), online,
                      fmt_pct(row.get("hard"))])
     out += [_table(header, rows), ""]
 
@@ -447,6 +456,8 @@ def _val(v: float, unit: str) -> str:
         return fmt_bytes(v)
     if unit == "MB":
         return f"{v:.1f} MB"
+    if unit == "share":
+        return f"{100 * v:.1f}%"
     if unit == "ms":
         return f"{v:.2f} ms"
     return f"{v:.1f} {unit}"
@@ -474,7 +485,11 @@ def regenerate_results(out: Path) -> Path:
     return target
 
 
-if __name__ == "__main__":  # one stage from a JSON task: `python -m benchmarks._common TASK`
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["render"]:  # `python -m benchmarks._common render [RESULTS_DIR]`
+        print(regenerate_results(Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_OUT))
+        raise SystemExit(0)
+    # one stage from a JSON task: `python -m benchmarks._common TASK`
     _task = json.loads(sys.argv[1])
     _init_worker(int(_task.get("threads", 1)))
     print(json.dumps(run_stage(_task), default=_json_default))

@@ -18,6 +18,7 @@ the artifact store, which itself only caches the teacher and the image set.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,21 +46,23 @@ _RSS_WRAPPER = (
     "proc = subprocess.run([sys.executable, '-m', 'benchmarks._common', sys.argv[1]], "
     "capture_output=True, text=True)\n"
     "sys.stderr.write(proc.stderr[-2000:])\n"
+    "print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else '{}')\n"
     "print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
 )
 
 
-def peak_rss_mb(task: dict[str, Any]) -> float:
-    """Peak RSS (MB) of one stage run in a fresh grandchild process."""
+def peak_rss_mb(task: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Peak RSS (MB) of one stage run in a fresh grandchild process, and its result."""
     proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, json.dumps(task)],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     try:
-        code, kib = proc.stdout.split()
+        result_line, last = proc.stdout.strip().splitlines()[-2:]
+        code, kib = last.split()
     except ValueError:
         raise RuntimeError(f"RSS run failed: {proc.stderr[-2000:]}") from None
     if int(code) != 0:
         raise RuntimeError(f"RSS run failed (exit {code}): {proc.stderr[-2000:]}")
-    return int(kib) / 1024
+    return int(kib) / 1024, json.loads(result_line)
 
 
 def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     teacher = squeeze(store, SqueezeConfig(**s.teacher), data_root=args.data, device=device)
     images = recover(store, RecoverConfig(ipc=ipc, method="lpld", seed=0,
-                                          iterations=s.recover_iterations),
+                                          iterations=s.recover_iterations[ipc]),
                      teacher, data_root=args.data, device=device)
     log(f"teacher {teacher.short}, images {images.short}")
     if device.type == "cpu":
@@ -124,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         teacher_s = scratch.get(teacher.id, kind="teacher")
         images_s = scratch.get(images.id, kind="images")
 
-        # -- recover: all classes per step vs one class per step
+        # -- recover: all classes per step vs one class per step, on every core (as
+        # `lpld recover` runs: batching units is what lets more threads help)
         timings = {}
+        if device.type == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
         for label, per_step in (("all", None), ("one", 1)):
             cfg = RecoverConfig(ipc=ipc, method="lpld", seed=1, iterations=rec_iters,
                                 classes_per_step=per_step)
@@ -136,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             n_images = art.metrics["images"]
             log(f"recover classes per step {per_step or 'all'}: {timings[label]:.1f}s")
         figures["recover"] = figure(
-            f"recover images/s (lpld, IPC{ipc}, {rec_iters} iterations, whole command)",
+            f"recover images/s (lpld, IPC{ipc}, {rec_iters} iterations, whole command, "
+            f"{torch.get_num_threads()} threads)",
             "all classes per step", n_images / timings["all"], "one class per step",
             n_images / timings["one"], "images/s", target=2.0)
+        if device.type == "cpu":
+            torch.set_num_threads(args.threads)
 
         # -- relabel: rows/s vs a pure teacher forward over the same augmented batches
         rl = relabel(scratch, RelabelConfig(epochs=relabel_epochs, seed=0), images_s,
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["label_wait"] = figure(
             "share of train step time waiting for labels", "stored (pool read)",
             steps["stored"]["label_wait_share"], "online (teacher forward)",
-            max(steps["online"]["label_wait_share"], 1e-9), "share of step time",
+            max(steps["online"]["label_wait_share"], 1e-9), "share",
             note="the A and B values are shares; A / B compares them")
 
         # -- storage: Zarr on disk vs the authors' torch.save layout, same content
@@ -218,14 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         for epochs in (30, 300):
             relabel_task = {**base, "stage": "relabel", "images": images.id,
                             "config": {"epochs": epochs, "seed": 0}}
-            rss["relabel"][epochs] = peak_rss_mb(relabel_task)
-            labels_id = json.loads(subprocess.run(
-                [sys.executable, "-m", "benchmarks._common", json.dumps(relabel_task)],
-                capture_output=True, text=True, cwd=ROOT, check=True).stdout)["id"]
+            rss["relabel"][epochs], made = peak_rss_mb(relabel_task)
+            labels_id = made["id"]
             train_task = {**base, "stage": "train", "images": images.id, "labels": labels_id,
                           "config": {"dataset": DATASET, "labels": "stored", "epochs": epochs,
                                      "seed": 0}}
-            rss["train"][epochs] = peak_rss_mb(train_task)
+            rss["train"][epochs], _ = peak_rss_mb(train_task)
             log(f"peak RSS at E={epochs}: relabel {rss['relabel'][epochs]:.0f} MB, "
                 f"train {rss['train'][epochs]:.0f} MB")
         for stage in ("relabel", "train"):

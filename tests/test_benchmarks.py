@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,10 @@ def _diff(stat) -> None:
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Results of both quick scripts; LPLD_BENCH_RESULTS=DIR checks a folder they already
+    wrote (e.g. right after CI ran them) instead of running them again."""
+    if os.environ.get("LPLD_BENCH_RESULTS"):
+        return Path(os.environ["LPLD_BENCH_RESULTS"])
     root = tmp_path_factory.mktemp("bench")
     out, store = root / "results", root / "store"
     for script in ("speed.py", "reproduce.py"):
@@ -53,7 +58,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_reproduce_quick_tables(quick_results: Path) -> None:
     res = json.loads((quick_results / "reproduce-quick.json").read_text())
-    assert res["meta"]["quick"] is True and res["meta"]["device"]["type"] == "cpu"
+    assert res["meta"]["quick"] is True and res["meta"]["device"]["type"] in ("cpu", "cuda")
     assert 0.5 < res["teacher"]["top1"] <= 1.0  # a real teacher, not chance (0.1)
     t = res["tables"]
     assert set(t) == {"table3", "table4", "table5a", "bn_stats", "baselines", "robustness",
@@ -90,8 +95,9 @@ def test_reproduce_quick_tables(quick_results: Path) -> None:
 
     assert {r["method"] for r in t["baselines"]["rows"]} == {"sre2l", "cda", "lpld", "real"}
     for r in t["baselines"]["rows"]:
-        for k in ("stored_1x", "stored_pruned", "online", "hard"):
+        for k in ("stored_1x", "stored_pruned", "hard"):
             _acc(r[k])
+        _acc(r["online"], allow_missing=r["method"] not in ("lpld", "real"))
     for r in t["robustness"]["rows"]:
         for k in ("ior_1x", "ior_pruned", "hlr"):
             _diff(r[k])
@@ -105,7 +111,9 @@ def test_reproduce_quick_tables(quick_results: Path) -> None:
 
 
 def test_speed_quick_figures(quick_results: Path) -> None:
-    res = json.loads((quick_results / "speed-cpu-quick.json").read_text())
+    files = sorted(quick_results.glob("speed-*-quick.json"))
+    assert files, "no speed-<device>-quick.json written"
+    res = json.loads(files[0].read_text())
     f = res["figures"]
     assert set(f) == {"recover", "relabel", "train_stored_vs_hard", "train_online_vs_hard",
                       "train_stored_vs_online", "label_wait", "storage", "storage_blocks",
@@ -126,4 +134,4 @@ def test_results_md_generated(quick_results: Path) -> None:
                     "Speed ratios"):
         assert heading in text, heading
     assert "n/a" not in text.split("## Speed ratios")[0].split("### Table 3")[1]
-    assert "device: **CPU" in text
+    assert "device: **CPU" in text or "device: **NVIDIA" in text
