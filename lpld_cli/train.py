@@ -185,6 +185,9 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
         parents.append(teacher.id)
 
+    hit = None if force else store.cached("student", asdict(config), parents)
+    if hit is not None:  # no need to load the dataset or build the network
+        return hit
     dataset = images.selectors.get("dataset", config.dataset)
     if dataset != config.dataset:
         raise ConfigError(f"images {images.short} are {dataset}, not {config.dataset}")
