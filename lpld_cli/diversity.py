@@ -150,10 +150,9 @@ def save_grid(path: str | Path, artifacts: list[Artifact], max_classes: int = 20
                 y, x = pad + row * (h + pad), pad + col * (w + pad)
                 canvas[y:y + h, x:x + w] = image.permute(1, 2, 0).numpy()
         panels.append((art, canvas, [names[c] for c in classes], h + pad))
-    rows = max(len(p[2]) for p in panels)
-    width = sum(p[1].shape[1] for p in panels) / 40 + 1.6 * len(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(width, 4), rows * 0.5 + 1.2),
-                             squeeze=False)
+    height = max(3.0, max(len(p[2]) for p in panels) * 0.45)  # inches of image per panel
+    width = sum(height * p[1].shape[1] / p[1].shape[0] + 1.4 for p in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height + 0.8), squeeze=False)
     for ax, (art, canvas, names, step) in zip(axes[0], panels, strict=True):
         gray = canvas.shape[2] == 1
         ax.imshow(canvas[:, :, 0] if gray else canvas, cmap="gray" if gray else None,
