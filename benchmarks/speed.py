@@ -40,6 +40,7 @@ from benchmarks._common import (  # noqa: E402
 )
 from benchmarks.reproduce import settings  # noqa: E402
 
+TRAIN_REPEATS = 2
 # RSS wrapper: runs one stage in a child and prints the child's peak RSS in KiB.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     rec_iters = 30 if quick else 200
     relabel_epochs = 30 if quick else 300
-    train_epochs = 10 if quick else 60
+    train_epochs = 30 if quick else 100
     ipc = 10
     store = Store(args.store)
     log(f"speed ({'quick' if quick else 'full'}) on {device}, store {args.store}")
@@ -178,17 +179,23 @@ def main(argv: list[str] | None = None) -> int:
         log(f"relabel {rl_rate:.1f} rows/s, forward {fwd_rate:.1f} rows/s")
 
         # -- train: stored vs hard vs online labels
+        # Interleaved repeats, the best of each kept: a short run on shared cores is noisy.
         steps: dict[str, dict[str, Any]] = {}
-        for mode in ("stored", "hard", "online"):
-            cfg = TrainConfig(dataset=DATASET, labels=mode, epochs=train_epochs, seed=0)
-            labels = rl if mode == "stored" else None
-            art = train(scratch, cfg, images_s, labels, teacher_s if mode == "online" else None,
-                        data_root=args.data, device=device, force=True, eval_every=0)
-            m = art.metrics
-            steps[mode] = {"steps_per_s": m["steps"] / m["train_seconds"],
-                           "label_wait_share": m["label_wait_share"], "top1": m["top1"]}
-            log(f"train {mode}: {steps[mode]['steps_per_s']:.1f} steps/s")
-        what = f"train steps/s (IPC{ipc}, batch 50, {train_epochs} epochs)"
+        for rep in range(TRAIN_REPEATS):
+            for mode in ("stored", "hard", "online"):
+                cfg = TrainConfig(dataset=DATASET, labels=mode, epochs=train_epochs, seed=0)
+                labels = rl if mode == "stored" else None
+                art = train(scratch, cfg, images_s, labels,
+                            teacher_s if mode == "online" else None, data_root=args.data,
+                            device=device, force=True, eval_every=0)
+                m = art.metrics
+                rate = m["steps"] / m["train_seconds"]
+                log(f"train {mode} (repeat {rep + 1}): {rate:.1f} steps/s")
+                if mode not in steps or rate > steps[mode]["steps_per_s"]:
+                    steps[mode] = {"steps_per_s": rate, "steps": m["steps"],
+                                   "label_wait_share": m["label_wait_share"], "top1": m["top1"]}
+        what = (f"train steps/s (IPC{ipc}, batch 50, {train_epochs} epochs, best of "
+                f"{TRAIN_REPEATS} interleaved runs)")
         figures["train_stored_vs_hard"] = figure(
             what, "stored labels", steps["stored"]["steps_per_s"], "hard labels",
             steps["hard"]["steps_per_s"], "steps/s", target=0.9)

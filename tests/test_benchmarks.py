@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._common import results_md_path
 from tests.conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def test_speed_quick_figures(quick_results: Path) -> None:
 
 
 def test_results_md_generated(quick_results: Path) -> None:
-    text = (quick_results / "RESULTS.md").read_text()
+    text = results_md_path(quick_results).read_text()
     assert text.startswith("# lpld benchmark results") and "GENERATED" in text
     for heading in ("Table 3 analogue", "Table 4 analogue", "Table 5a analogue",
                     "--bn-stats ema", "Label baselines", "IOR and HLR", "Diversity",
