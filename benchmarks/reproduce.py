@@ -28,7 +28,6 @@ from benchmarks._common import (  # noqa: E402
     base_parser,
     default_jobs,
     device_info,
-    diversity,
     log,
     mean_std,
     regenerate_results,
@@ -109,15 +108,16 @@ def settings(quick: bool) -> Settings:
                                       "a measurement"})
     return Settings(
         quick=False, seeds=[0, 1, 2], ipcs=[10, 50], ratios=[1.0, 10.0, 20.0, 40.0, 100.0],
-        ablation_ratios=[1.0, 40.0, 100.0], epochs={10: 300, 50: 80},
-        recover_iterations={10: 300, 50: 200}, teacher=teacher,
+        ablation_ratios=[1.0, 40.0, 100.0], epochs={10: 300, 50: 60},
+        recover_iterations={10: 200, 50: 80}, teacher=teacher,
         scaled_down={**common,
-                     "recover iterations": "IPC10: 300, IPC50: 200 (paper: 4000 on ImageNet-1K; "
-                                           "preset: 500). At 500, IPC50 synthesis of 4 "
-                                           "methods × 3 seeds alone takes about an hour on "
-                                           "2 cores",
-                     "relabel / train epochs": "IPC10: 300 (as the paper); IPC50: 80, since an "
-                                               "IPC50 epoch has 5× the steps and ~90 IPC50 "
+                     "recover iterations": "IPC10: 200, IPC50: 80 (paper: 4000 on ImageNet-1K; "
+                                           "preset: 300). One image-iteration costs ~7 ms of "
+                                           "CPU: at the preset's 300, the 12 IPC50 syntheses "
+                                           "(4 methods × 3 seeds) alone would take ~100 "
+                                           "CPU-minutes",
+                     "relabel / train epochs": "IPC10: 300 (as the paper); IPC50: 60 (600 steps, "
+                                               "as many as IPC10's 300 epochs), since ~90 IPC50 "
                                                "students at 300 epochs exceed 2 h on 2 cores",
                      "online-teacher baseline": "LPLD and random real images only (the upper "
                                                 "bound; hard labels for every method)",
@@ -367,12 +367,12 @@ class Tables:
                              "self_top1": mean_std(images_metrics[k]["self_top1"]
                                                    for k in keys)})
         return {"rows": rows,
-                "definition": "Teacher penultimate features. cosine: mean pairwise cosine "
+                "definition": "`lpld report diversity` (lpld_cli.diversity) on the teacher's "
+                              "penultimate features. cosine (paper Eq. 4): mean cosine "
                               "similarity of distinct images of one class, averaged over "
-                              "classes. MMD²: biased squared MMD (Gaussian kernel, median "
-                              "bandwidth of the real features) between a class's images and "
-                              "100 seeded real training images of that class, averaged over "
-                              "classes."}
+                              "classes. MMD² (Eq. 5): biased estimate between the whole set "
+                              "and 100 seeded real training images per class, Gaussian kernel "
+                              "with the median-heuristic bandwidth of the real sample."}
 
 
 def findings(t: dict[str, Any], s: Settings) -> list[str]:
@@ -513,22 +513,24 @@ def main(argv: list[str] | None = None) -> int:
     runner.phase("train", plan.train_tasks(teachers, images, labels, pruned), lambda k, r: (
         f"top-1 {r['metrics']['top1']:.4f}"))
 
-    log("diversity of every image set")
-    from lpld_cli.data.datasets import load_dataset
+    log("diversity of every image set (lpld_cli.diversity, as `lpld report diversity`)")
+    from lpld_cli.diversity import diversity
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    data = load_dataset(DATASET, args.data)
-    images_metrics, diversity_rows = {}, {}
-    for key in sorted(plan.images):
-        art = store.get(images[key], kind="images")
-        images_metrics[key] = art.metrics
-        teacher = store.get(teachers[VARIANTS[key[0]]["teacher"]], kind="teacher")
-        diversity_rows[key] = diversity(teacher, art, data, device)
+    arts = {key: store.get(images[key], kind="images") for key in sorted(plan.images)}
+    images_metrics = {key: art.metrics for key, art in arts.items()}
+    div_rows = diversity(store, list(arts.values()), data_root=args.data, device=device)
+    by_id = {row["artifact"]: row for row in div_rows if row["artifact"]}
+    diversity_rows = {key: by_id[art.id] for key, art in arts.items()}
+    real_reference = next((r for r in div_rows if r["artifact"] is None
+                           and r["teacher"] == exact.id), None)
 
     t = Tables(s, runner, exact.metrics["top1"], diversity_rows)
     tables = {"table3": t.table3(), "table4": t.table4(), "table5a": t.table5a(),
               "bn_stats": t.bn_stats(images_metrics), "baselines": t.baselines(),
               "robustness": t.robustness(), "diversity": t.diversity(images_metrics)}
+    if real_reference:
+        tables["diversity"]["real_sample_cosine"] = real_reference["cosine"]
     name = "reproduce-quick" if s.quick else "reproduce"
     info = device_info(device)
     png = figure(tables["table3"], args.out / f"{name}.png", info["name"])
