@@ -421,6 +421,14 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
                        f"{100 * gap:+.1f} pp. With the same seed and as many train as relabel "
                        "epochs, the online teacher labels exactly the augmentations relabel "
                        "stored, so this gap is the float16 rounding of the stored logits.")
+    div = {(r["ipc"], r["method"]): r for r in t["diversity"]["rows"]}
+    for ipc in s.ipcs:
+        a, b = div.get((ipc, "lpld")), div.get((ipc, "sre2l"))
+        if a and b and a["cosine"]["mean"] is not None and b["cosine"]["mean"] is not None:
+            more = a["cosine"]["mean"] < b["cosine"]["mean"]
+            out.append(f"Diversity IPC{ipc}: within-class cosine LPLD {a['cosine']['mean']:.4f} "
+                       f"vs SRe²L {b['cosine']['mean']:.4f}: LPLD images are "
+                       f"{'more' if more else 'less'} diverse (paper Table 1: more diverse).")
     for row in t["robustness"]["rows"]:
         ior = row["ior_1x"]["mean"]
         if ior is not None:
