@@ -271,9 +271,10 @@ def render_reproduce(res: dict[str, Any]) -> str:
             cells = [fmt_pct(_top1(t3["rows"], ipc=ipc, method=method, ratio=r))
                      for r in t3["ratios"]]
             rows.append([method, *cells])
-        bytes_row = [fmt_bytes((_find(t3["rows"], ipc=ipc, method="lpld", ratio=r) or {})
-                               .get("label_bytes")) for r in t3["ratios"]]
-        rows.append(["label bytes (lpld)", *bytes_row])
+        for method in t3["methods"]:
+            bytes_row = [fmt_bytes((_find(t3["rows"], ipc=ipc, method=method, ratio=r) or {})
+                                   .get("label_bytes")) for r in t3["ratios"]]
+            rows.append([f"label bytes ({method})", *bytes_row])
         out += [_table(header, rows), ""]
 
     t4 = tables["table4"]

@@ -52,7 +52,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for script in ("speed.py", "reproduce.py"):
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick",
                                "--device", "cpu", "--store", str(store), "--out", str(out)],
-                              capture_output=True, text=True, timeout=1500, cwd=ROOT)
+                              capture_output=True, text=True, timeout=3000, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
