@@ -115,8 +115,8 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
             images_mb[f"images IPC{r['ipc']}"] = r["image_bytes"] / 1e6
     for label, mb in sorted(images_mb.items()):
         ax.axvline(mb, color="grey", linestyle="-.", linewidth=0.8)
-        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.02), xycoords=("data", "axes fraction"),
-                    fontsize=8, color="grey", ha="left", xytext=(3, 0),
+        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.97), xycoords=("data", "axes fraction"),
+                    fontsize=8, color="grey", ha="left", va="top", xytext=(3, 0),
                     textcoords="offset points")
     if stored_mb or images_mb:
         ax.set_xscale("log")
