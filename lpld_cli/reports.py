@@ -67,9 +67,10 @@ def _group_name(row: dict[str, Any], with_dataset: bool, with_model: bool) -> st
 def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Paper Fig. 1's view: top-1 against label storage (log x), one line per method.
 
-    Stored-label students are points on their method's line, each tagged with its
-    ratio; online / hard students (no label storage) are dashed / dotted horizontal
-    lines in the same colour; grey vertical lines mark each image set's storage.
+    Stored-label students are points on their method's line (the newest student of each
+    label pool), each tagged with its ratio; the newest online / hard students (no label
+    storage) are dashed / dotted horizontal lines in the same colour; grey vertical lines
+    mark each image set's storage.
     """
     import matplotlib
 
@@ -93,8 +94,13 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
                  and r["label_bytes"]]
     for i, (name, members) in enumerate(sorted(groups.items())):
         colour = colours[i % len(colours)]
-        stored = sorted((r for r in members if r["labels"] == "stored" and r["label_bytes"]),
-                        key=lambda r: r["label_bytes"])
+        newest: dict[tuple, dict[str, Any]] = {}  # one point per pool: its newest student
+        for r in members:
+            if r["labels"] == "stored" and r["label_bytes"]:
+                key = (r["label_bytes"], r["ratio"], r["granularity"])
+                if key not in newest or (r["created"] or 0) > (newest[key]["created"] or 0):
+                    newest[key] = r
+        stored = sorted(newest.values(), key=lambda r: r["label_bytes"])
         if stored:
             xs = [r["label_bytes"] / 1e6 for r in stored]
             ys = [100 * r["top1"] for r in stored]
@@ -115,8 +121,8 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
             images_mb[f"images IPC{r['ipc']}"] = r["image_bytes"] / 1e6
     for label, mb in sorted(images_mb.items()):
         ax.axvline(mb, color="grey", linestyle="-.", linewidth=0.8)
-        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.97), xycoords=("data", "axes fraction"),
-                    fontsize=8, color="grey", ha="left", va="top", xytext=(3, 0),
+        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.5), xycoords=("data", "axes fraction"),
+                    fontsize=8, color="grey", ha="left", va="center", xytext=(3, 0),
                     textcoords="offset points")
     if stored_mb or images_mb:
         ax.set_xscale("log")
