@@ -15,7 +15,13 @@ from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError
 from lpld_cli.metrics import evaluate
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
-from lpld_cli.models.factory import build_model, check_input, load_weights, model_spec
+from lpld_cli.models.factory import (
+    build_model,
+    check_input,
+    decay_groups,
+    load_weights,
+    model_spec,
+)
 from lpld_cli.models.teacher import save_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.store import Artifact, Store, sha256_file
@@ -112,11 +118,7 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
     """SGD with Nesterov momentum and a per-step cosine schedule; returns images seen."""
     steps_per_epoch = data.num_batches("train", config.batch_size)
     total = config.teacher_epochs * steps_per_epoch
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
+    optimizer = torch.optim.SGD(decay_groups(model, config.weight_decay),
                                 lr=config.lr, momentum=0.9, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))

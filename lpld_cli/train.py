@@ -34,7 +34,7 @@ from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.label_pool import LabelPool, Prefetcher
 from lpld_cli.metrics import evaluate
-from lpld_cli.models.factory import build_model, check_input, model_spec
+from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
 from lpld_cli.models.teacher import load_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.relabel import epoch_rows, teacher_logits
@@ -134,10 +134,7 @@ def _lr_at(config: TrainConfig, epoch: int) -> float:
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = decay_groups(model, config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)

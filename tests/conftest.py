@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lpld_cli.data.datasets import load_dataset
 from lpld_cli.squeeze import SqueezeConfig, squeeze
-from lpld_cli.storage.store import Store
+from lpld_cli.storage.images import save_image_set
+from lpld_cli.storage.store import Artifact, Store
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # A small real teacher: ConvNet width 16 on 4,000 training images, 2 epochs (~10 s).
@@ -43,6 +45,21 @@ def store_with_teacher(teacher_store: Store, tmp_path: Path) -> Store:
     root = tmp_path / "store"
     shutil.copytree(teacher_store.root / "objects", root / "objects")
     return Store(root)
+
+
+def make_real_images(store: Store, ipc: int = 3, seed: int = 0) -> Artifact:
+    """An images artifact of real Fashion-MNIST images, child of the store's teacher."""
+    teacher = store.newest("teacher")
+    data = load_dataset("fashion-mnist")
+
+    def build(staging) -> dict:
+        x, y = data.sample_train_images(ipc, seed)
+        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
+        return {"images": len(y), "classes": data.num_classes}
+
+    return store.produce("images", {"real": ipc, "seed": seed}, [teacher.id], build,
+                         selectors={"dataset": "fashion-mnist", "ipc": ipc, "method": "real",
+                                    "teacher": teacher.id})
 
 
 def run_lpld(*args: str, store: Path | None = None, check: bool = False,

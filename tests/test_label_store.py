@@ -36,26 +36,15 @@ SCHEMA = {
 @pytest.fixture(scope="module")
 def label_store(teacher_store, tmp_path_factory) -> Path:
     """Path of a labels.zarr made by lpld relabel (the only lpld use in this file)."""
-    import torch
 
-    from lpld_cli.data.datasets import load_dataset
     from lpld_cli.relabel import RelabelConfig, relabel
-    from lpld_cli.storage.images import save_image_set
     from lpld_cli.storage.store import Store
+    from tests.conftest import make_real_images
 
     root = tmp_path_factory.mktemp("label-store")
     shutil.copytree(teacher_store.root / "objects", root / "objects")
     store = Store(root)
-    teacher = store.newest("teacher")
-    data = load_dataset("fashion-mnist")
-
-    def build(staging) -> dict:
-        x, y = data.sample_train_images(2, 0)
-        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
-        return {}
-
-    images = store.produce("images", {"real": 2}, [teacher.id], build,
-                           selectors={"dataset": "fashion-mnist", "ipc": 2, "method": "real"})
+    images = make_real_images(store, ipc=2)
     art = relabel(store, RelabelConfig(epochs=5, batch_size=B, rows_per_chunk=CHUNK), images)
     return art.path / "labels.zarr"
 

@@ -17,31 +17,19 @@ from typer.testing import CliRunner
 
 from lpld_cli.cli import app
 from lpld_cli.data import augment
-from lpld_cli.data.datasets import load_dataset
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
 from lpld_cli.models.teacher import load_teacher
 from lpld_cli.relabel import PROGRESS_FILE, RelabelConfig, relabel, teacher_logits
-from lpld_cli.storage.images import load_image_set, save_image_set
+from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import GROUP, SCHEMA, LabelStore, decode_logits, row_from_store
 from lpld_cli.storage.store import Artifact, Store
-from tests.conftest import needs_fmnist, run_lpld
+from tests.conftest import make_real_images, needs_fmnist, run_lpld
 
 pytestmark = needs_fmnist
 
 
 def make_images(store: Store, ipc: int = 3, seed: int = 0) -> Artifact:
-    """An images artifact of real Fashion-MNIST images, child of the store's teacher."""
-    teacher = store.newest("teacher")
-    data = load_dataset("fashion-mnist")
-
-    def build(staging) -> dict:
-        x, y = data.sample_train_images(ipc, seed)
-        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
-        return {"images": len(y), "classes": data.num_classes}
-
-    return store.produce("images", {"real": ipc, "seed": seed}, [teacher.id], build,
-                         selectors={"dataset": "fashion-mnist", "ipc": ipc, "method": "real",
-                                    "teacher": teacher.id})
+    return make_real_images(store, ipc, seed)
 
 
 def read_all(artifact: Artifact):

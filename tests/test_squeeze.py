@@ -88,6 +88,11 @@ def test_verify_and_parent_read_detect_a_flipped_byte(store_with_teacher: Store)
     assert one.returncode == 1 and "bn_stats.safetensors" in one.stderr
     with pytest.raises(ArtifactCorruptedError, match="bn_stats.safetensors"):
         store.get(teacher.id, kind="teacher")
+    for args in (["recover", "--from", teacher.id[:12]], ["recover", "--ipc", "2"]):
+        as_parent = run_lpld(*args, store=store.root)
+        assert as_parent.returncode == 1, as_parent.stderr
+        assert f"artifact {teacher.id} is corrupted: bn_stats.safetensors" in as_parent.stderr
+    assert not list(store.root.glob("objects/images/*"))
 
 
 @needs_fmnist

@@ -16,17 +16,16 @@ from typer.testing import CliRunner
 import lpld_cli.train as train_module
 from lpld_cli.cli import app
 from lpld_cli.data import augment
-from lpld_cli.data.datasets import load_dataset
 from lpld_cli.errors import ConfigError
 from lpld_cli.label_pool import LabelPool, Prefetcher, RowSampler
 from lpld_cli.models.teacher import load_teacher
 from lpld_cli.prune import PruneConfig, prune
 from lpld_cli.relabel import RelabelConfig, relabel, teacher_logits
-from lpld_cli.storage.images import load_image_set, save_image_set
+from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Store
 from lpld_cli.train import CHECKPOINT, TrainConfig, train
-from tests.conftest import needs_fmnist
+from tests.conftest import make_real_images, needs_fmnist
 
 pytestmark = needs_fmnist
 
@@ -35,18 +34,7 @@ TINY = TrainConfig(width=8, depth=2, epochs=3, batch_size=16)
 
 
 def make_images(store: Store, ipc: int = 4, seed: int = 0) -> Artifact:
-    """Real Fashion-MNIST images as an images artifact, child of the store's teacher."""
-    teacher = store.newest("teacher")
-    data = load_dataset("fashion-mnist")
-
-    def build(staging) -> dict:
-        x, y = data.sample_train_images(ipc, seed)
-        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
-        return {"images": len(y), "classes": data.num_classes}
-
-    return store.produce("images", {"real": ipc, "seed": seed}, [teacher.id], build,
-                         selectors={"dataset": "fashion-mnist", "ipc": ipc, "method": "real",
-                                    "teacher": teacher.id})
+    return make_real_images(store, ipc, seed)
 
 
 def make_pipeline(root: Path, teacher_store: Store) -> dict[str, Artifact]:

@@ -89,6 +89,13 @@ def _torchvision(arch: str, num_classes: int, in_chans: int, image_size: int) ->
     return model
 
 
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: weight decay on >1-dim parameters only (not BN, biases)."""
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def check_input(model: nn.Module, spec: dict[str, Any]) -> None:
     """Fail clearly when a network cannot take this image size."""
     x = torch.zeros(2, spec["in_chans"], spec["image_size"], spec["image_size"])
