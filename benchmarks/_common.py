@@ -82,13 +82,21 @@ def mean_std(values: Iterable[Any]) -> dict[str, Any]:
     return {"mean": statistics.fmean(vals), "std": std, "n": len(vals)}
 
 
-def fmt_pct(stat: dict[str, Any] | None) -> str:
-    """`mean ± std` in percent (top-1 fractions), or `n/a`."""
+def fmt_stat(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1,
+             signed: bool = False) -> str:
+    """`mean ± std` (std only over several seeds), scaled and rounded, or `n/a`."""
     if not stat or stat.get("mean") is None:
         return "n/a"
+    sign = "+" if signed and stat["mean"] >= 0 else ""
+    text = f"{sign}{scale * stat['mean']:.{digits}f}"
     if stat.get("n", 1) > 1:
-        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
-    return f"{100 * stat['mean']:.1f}"
+        text += f" ± {scale * stat['std']:.{digits}f}"
+    return text
+
+
+def fmt_pct(stat: dict[str, Any] | None) -> str:
+    """Top-1 fractions in percent."""
+    return fmt_stat(stat)
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -358,20 +366,11 @@ def render_reproduce(res: dict[str, Any]) -> str:
 
 def _pp(stat: dict[str, Any] | None) -> str:
     """A difference of fractions in percentage points."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    sign = "+" if stat["mean"] >= 0 else ""
-    if stat.get("n", 1) > 1:
-        return f"{sign}{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
-    return f"{sign}{100 * stat['mean']:.1f}"
+    return fmt_stat(stat, signed=True)
 
 
 def _num(stat: dict[str, Any] | None) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("n", 1) > 1:
-        return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-    return f"{stat['mean']:.4f}"
+    return fmt_stat(stat, scale=1.0, digits=4)
 
 
 def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
