@@ -7,8 +7,8 @@ Tables 3, 4 and 5a analogues, `--bn-stats ema` vs `exact`, diversity of every im
 set, online-teacher / hard-label baselines, a random real subset control (IOR, HLR),
 three seeds per student. Every run is an artifact in the store (default
 `benchmarks/lpld-store`): rerunning resumes where an interrupted run stopped. Writes
-`results/reproduce.json` (`reproduce-quick.json` with --quick), a Fig.-1-style PNG, and
-regenerates `benchmarks/RESULTS.md` from the JSON.
+`results/reproduce.json` (`reproduce-quick.json` with --quick; `reproduce-cuda[-quick].json`
+on a GPU), a Fig.-1-style PNG, and regenerates `benchmarks/RESULTS.md` from the JSON.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def settings(quick: bool) -> Settings:
         recover_iterations={10: 200, 50: 80}, teacher=teacher,
         scaled_down={**common,
                      "recover iterations": "IPC10: 200, IPC50: 80 (paper: 4000 on ImageNet-1K; "
-                                           "preset: 300). One image-iteration costs ~7 ms of "
-                                           "CPU: at the preset's 300, the 12 IPC50 syntheses "
-                                           "(4 methods × 3 seeds) alone would take ~100 "
-                                           "CPU-minutes",
+                                           "preset: 500). One image-iteration costs ~1.6 ms "
+                                           "on the 2 cores (IPC10 at the preset's 500 takes "
+                                           "~79 s): at 500, the 12 IPC50 syntheses (4 methods "
+                                           "× 3 seeds) alone would take ~80 minutes",
                      "relabel / train epochs": "IPC10: 200, IPC50: 40, i.e. 400 steps of batch 50 "
                                                "per student (paper: 300 epochs). A step costs "
                                                "~50 ms of one core, evaluation ~8 s: 225 "
@@ -544,15 +544,18 @@ def main(argv: list[str] | None = None) -> int:
               "robustness": t.robustness(), "diversity": t.diversity(images_metrics)}
     if real_reference:
         tables["diversity"]["real_sample_cosine"] = real_reference["cosine"]
-    name = "reproduce-quick" if s.quick else "reproduce"
     info = device_info(device)
+    # reproduce[-<device>][-quick]: the CPU run is the reference; other devices sit beside it
+    name = ("reproduce" + ("" if info["type"] == "cpu" else f"-{info['type']}")
+            + ("-quick" if s.quick else ""))
     png = figure(tables["table3"], args.out / f"{name}.png", info["name"])
     md = results_md_path(args.out)
     runs = [{"key": [*k], **{kk: v for kk, v in r.items() if kk != "metrics"},
              "metrics": r["metrics"]} for k, r in runner.results.items()]
     result = {
         "meta": {"quick": s.quick, "device": info, "jobs": jobs, "threads": threads,
-                 "command": "python benchmarks/reproduce.py" + (" --quick" if s.quick else ""),
+                 "command": "python benchmarks/reproduce.py" + (" --quick" if s.quick else "")
+                 + (f" --device {args.device}" if args.device != "auto" else ""),
                  "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "seconds": round(time.perf_counter() - started, 1), "seeds": s.seeds,
                  "ipcs": s.ipcs, "epochs": {str(k): v for k, v in s.epochs.items()},

@@ -79,6 +79,13 @@ def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
     return out
 
 
+def synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     s = settings(args.quick)
     quick = args.quick
-    rec_iters = 30 if quick else 200
+    rec_iters = 60 if quick else 500
     relabel_epochs = 30 if quick else 300
     train_epochs = 30 if quick else 100
     ipc = 10
@@ -129,24 +136,29 @@ def main(argv: list[str] | None = None) -> int:
         images_s = scratch.get(images.id, kind="images")
 
         # -- recover: all classes per step vs one class per step, on every core (as
-        # `lpld recover` runs: batching units is what lets more threads help)
+        # `lpld recover` runs: batching units is what lets more threads help). Timed is the
+        # synthesis the command records (seconds_per_class × classes: optimisation and PNG
+        # writes), not process start, teacher load or the self-top-1 pass.
         timings = {}
         if device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
         for label, per_step in (("all", None), ("one", 1)):
             cfg = RecoverConfig(ipc=ipc, method="lpld", seed=1, iterations=rec_iters,
                                 classes_per_step=per_step)
-            t0 = time.perf_counter()
             art = recover(scratch, cfg, teacher_s, data_root=args.data, device=device,
                           force=True)
-            timings[label] = time.perf_counter() - t0
+            timings[label] = art.metrics["seconds_per_class"] * art.metrics["classes"]
             n_images = art.metrics["images"]
-            log(f"recover classes per step {per_step or 'all'}: {timings[label]:.1f}s")
+            log(f"recover classes per step {per_step or 'all'}: {timings[label]:.1f}s "
+                "of synthesis")
+        per_image_it = {k: 1000 * v / (n_images * rec_iters) for k, v in timings.items()}
         figures["recover"] = figure(
-            f"recover images/s (lpld, IPC{ipc}, {rec_iters} iterations, whole command, "
+            f"recover images/s (lpld, IPC{ipc}, {rec_iters} iterations, synthesis only, "
             f"{torch.get_num_threads()} threads)",
             "all classes per step", n_images / timings["all"], "one class per step",
-            n_images / timings["one"], "images/s", target=2.0)
+            n_images / timings["one"], "images/s", target=2.0,
+            note="per image-iteration: {all:.3f} ms with all classes per step, {one:.3f} ms "
+                 "with one".format(**per_image_it))
         if device.type == "cpu":
             torch.set_num_threads(args.threads)
 
@@ -157,25 +169,36 @@ def main(argv: list[str] | None = None) -> int:
         net = load_teacher(teacher_s, device)
         pixels, _, _ = load_image_set(images_s.path)
         stack = augment.normalise(pixels, net.data["mean"], net.data["std"]).to(device)
-        batches = [augment.replay(stack, row) for e in range(relabel_epochs)
-                   for row in epoch_rows(len(pixels), 50, int(pixels.shape[-1]), "cutmix", 0, e)]
+        # Profile of relabel's own per-row work, each part timed alone: drawing the rows
+        # (host), replaying them (device), then the forward below.
+        t0 = time.perf_counter()
+        rows = [row for e in range(relabel_epochs)
+                for row in epoch_rows(len(pixels), 50, int(pixels.shape[-1]), "cutmix", 0, e)]
+        draw_ms = 1000 * (time.perf_counter() - t0) / len(rows)
+        synchronize(device)
+        t0 = time.perf_counter()
+        batches = [augment.replay(stack, row) for row in rows]
+        synchronize(device)
+        replay_ms = 1000 * (time.perf_counter() - t0) / len(rows)
         with torch.no_grad():
             for x in batches[:5]:  # warm-up
                 net.model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             t0 = time.perf_counter()
             for x in batches:
                 with autocast(device):
                     out = net.model(x).float()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             del out
             fwd_rate = len(batches) / (time.perf_counter() - t0)
+        profile = {"relabel": 1000 / rl_rate, "draw": draw_ms, "replay": replay_ms,
+                   "forward": 1000 / fwd_rate}
         figures["relabel"] = figure(
             f"relabel rows/s ({len(batches)} rows of 50, E={relabel_epochs})", "relabel",
             rl_rate, "teacher forward only", fwd_rate, "rows/s", target=0.8,
-            note="relabel also draws, replays, encodes and writes each row")
+            note="per row: relabel {relabel:.2f} ms = draw {draw:.2f} (host) + replay "
+                 "{replay:.2f} + forward {forward:.2f} + encode/write".format(**profile))
+        figures["relabel"]["ms_per_row"] = profile
         log(f"relabel {rl_rate:.1f} rows/s, forward {fwd_rate:.1f} rows/s")
 
         # -- train: stored vs hard vs online labels
@@ -253,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, fig in figures.items():
         if fig.get("meets_target") is False:
             notes.append(f"{key}: {fig['ratio']:.2f}× misses the target {fig['target']:g}× "
-                         "on this device (see the report for what limits it).")
+                         "on this device; its note gives the measured profile.")
     if device.type == "cpu":
-        notes.append(f"CPU timings use {args.threads} torch thread(s); they are inflated and "
+        notes.append(f"CPU timings (recover aside: every core) use {args.threads} torch thread(s); "
+                     "they are inflated and "
                      "noisy when other processes share the cores.")
     tag = info["type"] + ("-quick" if quick else "")
     result = {"meta": {"quick": quick, "device": info, "jobs": 1, "threads": args.threads,

@@ -124,6 +124,10 @@ def test_speed_quick_figures(quick_results: Path) -> None:
         assert _finite(fig["ratio"]) and fig["ratio"] > 0, key
     assert f["storage"]["a"] > 0 and f["storage"]["b"] > 0
     assert 0 < f["label_wait"]["a"] < 1  # a share of step time
+    profile = f["relabel"]["ms_per_row"]  # the measured profile behind a missed target
+    assert set(profile) == {"relabel", "draw", "replay", "forward"}
+    assert all(_finite(v) and v > 0 for v in profile.values())
+    assert profile["relabel"] > profile["forward"]
     assert 100 < f["rss_train"]["b"] < 16_000  # MB: a real process, not a unit slip
 
 

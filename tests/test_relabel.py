@@ -38,6 +38,26 @@ def read_all(artifact: Artifact):
 
 
 # ------------------------------------------------------------------ the stored rows
+@pytest.mark.parametrize("size,scale", [(28, (0.08, 1.0)), (224, (0.08, 1.0)),
+                                        (5, (0.9, 1.0))])
+def test_crop_boxes_are_torchvision_random_resized_crop(size: int, scale) -> None:
+    """The stored crop stream is torchvision's RandomResizedCrop, draw for draw."""
+    from torchvision.transforms import RandomResizedCrop
+
+    image = torch.zeros(1, size, size)
+    for seed in range(20):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            expected = [RandomResizedCrop.get_params(image, scale=list(scale),
+                                                     ratio=[3 / 4, 4 / 3]) for _ in range(50)]
+        generator = torch.Generator().manual_seed(seed)
+        boxes = augment.sample_crop_boxes(50, size, size, generator, scale=scale)
+        assert boxes.shape == (50, 4) and boxes.dtype == torch.float32
+        pixels = [[round(v * size) for v in box] for box in boxes.tolist()]
+        assert pixels == [list(b) for b in expected]
+    assert augment.sample_crop_boxes(0, size, size, generator).shape == (0, 4)
+
+
 def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
     images = make_images(store_with_teacher, ipc=3)  # 30 images, B=8: 3 full + 1 of 6
     config = RelabelConfig(epochs=5, batch_size=8, rows_per_chunk=3)

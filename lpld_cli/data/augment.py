@@ -45,19 +45,21 @@ def sample_crop_boxes(n: int, height: int, width: int, generator: torch.Generato
     Integer pixel boxes as torchvision draws them (10 tries, then a centre crop),
     stored as fractions so a box can be replayed at any resolution.
     """
-    boxes = torch.empty(n, 4, dtype=torch.float32)
+    boxes: list[list[float]] = []
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for i in range(n):
+    # One reused scalar buffer: the same draws from `generator` as fresh tensors, without
+    # an allocation per draw (this loop is most of relabel's CPU cost per row).
+    draw = torch.empty(1)
+    for _ in range(n):
         for _ in range(10):
-            target = area * float(torch.empty(1).uniform_(scale[0], scale[1],
-                                                          generator=generator))
-            aspect = math.exp(float(torch.empty(1).uniform_(*log_ratio, generator=generator)))
+            target = area * draw.uniform_(scale[0], scale[1], generator=generator).item()
+            aspect = math.exp(draw.uniform_(*log_ratio, generator=generator).item())
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                top = torch.randint(0, height - h + 1, (1,), generator=generator).item()
+                left = torch.randint(0, width - w + 1, (1,), generator=generator).item()
                 break
         else:  # centre crop at the closest allowed aspect ratio
             in_ratio = width / height
@@ -68,8 +70,8 @@ def sample_crop_boxes(n: int, height: int, width: int, generator: torch.Generato
             else:
                 w, h = width, height
             top, left = (height - h) // 2, (width - w) // 2
-        boxes[i] = torch.tensor([top / height, left / width, h / height, w / width])
-    return boxes
+        boxes.append([top / height, left / width, h / height, w / width])
+    return torch.tensor(boxes, dtype=torch.float32).reshape(n, 4)
 
 
 def cutmix_box(lam: float, size: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
