@@ -278,9 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{key}: {fig['ratio']:.2f}× misses the target {fig['target']:g}× "
                          "on this device; its note gives the measured profile.")
     if device.type == "cpu":
-        notes.append(f"CPU timings (recover aside: every core) use {args.threads} torch thread(s); "
-                     "they are inflated and "
-                     "noisy when other processes share the cores.")
+        notes.append(f"CPU timings use {args.threads} torch thread(s), recover every core; "
+                     "they are inflated and noisy when other processes share the cores.")
     tag = info["type"] + ("-quick" if quick else "")
     result = {"meta": {"quick": quick, "device": info, "jobs": 1, "threads": args.threads,
                        "command": "python benchmarks/speed.py" + (" --quick" if quick else "")
