@@ -36,7 +36,6 @@ SCHEMA = {
 @pytest.fixture(scope="module")
 def label_store(teacher_store, tmp_path_factory) -> Path:
     """Path of a labels.zarr made by lpld relabel (the only lpld use in this file)."""
-
     from lpld_cli.relabel import RelabelConfig, relabel
     from lpld_cli.storage.store import Store
     from tests.conftest import make_real_images

@@ -28,10 +28,6 @@ from tests.conftest import make_real_images, needs_fmnist, run_lpld
 pytestmark = needs_fmnist
 
 
-def make_images(store: Store, ipc: int = 3, seed: int = 0) -> Artifact:
-    return make_real_images(store, ipc, seed)
-
-
 def read_all(artifact: Artifact):
     labels = LabelStore.open(artifact.path, artifact.id)
     return labels, labels.read(0, labels.rows)
@@ -59,7 +55,7 @@ def test_crop_boxes_are_torchvision_random_resized_crop(size: int, scale) -> Non
 
 
 def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
-    images = make_images(store_with_teacher, ipc=3)  # 30 images, B=8: 3 full + 1 of 6
+    images = make_real_images(store_with_teacher, ipc=3)  # 30 images, B=8: 3 full + 1 of 6
     config = RelabelConfig(epochs=5, batch_size=8, rows_per_chunk=3)
     art = relabel(store_with_teacher, config, images)
     labels, rows = read_all(art)
@@ -94,7 +90,7 @@ def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
 
 
 def test_same_config_is_cached_and_seed_changes_rows(store_with_teacher: Store) -> None:
-    images = make_images(store_with_teacher, ipc=2)
+    images = make_real_images(store_with_teacher, ipc=2)
     a = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8), images)
     b = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8), images)
     c = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8, seed=1), images)
@@ -107,7 +103,7 @@ def test_same_config_is_cached_and_seed_changes_rows(store_with_teacher: Store) 
                                             ("none", "float32")])
 def test_replay_of_stored_rows_gives_the_stored_logits(store_with_teacher: Store, mix: str,
                                                        dtype: str) -> None:
-    images = make_images(store_with_teacher, ipc=3)
+    images = make_real_images(store_with_teacher, ipc=3)
     art = relabel(store_with_teacher, RelabelConfig(epochs=4, batch_size=8, mix=mix,
                                                     logits_dtype=dtype), images)
     labels, rows = read_all(art)
@@ -140,7 +136,7 @@ def _encode(logits: torch.Tensor, dtype: str) -> np.ndarray:
 def test_replay_is_not_vacuous(store_with_teacher: Store) -> None:
     """A different row's augmentation gives different logits: the equality above means
     something."""
-    images = make_images(store_with_teacher, ipc=3)
+    images = make_real_images(store_with_teacher, ipc=3)
     art = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8), images)
     _, rows = read_all(art)
     teacher = load_teacher(store_with_teacher.get(images.parents[0]))
@@ -178,7 +174,7 @@ class _Interrupt:
 
 def test_interrupted_relabel_resumes_to_the_same_store(store_with_teacher: Store,
                                                        tmp_path: Path) -> None:
-    images = make_images(store_with_teacher, ipc=3)
+    images = make_real_images(store_with_teacher, ipc=3)
     twin = Store(tmp_path / "twin")
     shutil.copytree(store_with_teacher.objects, twin.objects)
     config = RelabelConfig(epochs=6, batch_size=8, rows_per_chunk=5)  # chunks cross epochs
@@ -212,7 +208,7 @@ def _config_dict(config: RelabelConfig) -> dict:
 @pytest.mark.slow
 def test_sigkilled_relabel_resumes(store_with_teacher: Store, tmp_path: Path) -> None:
     """The real command killed with SIGKILL mid-run, then rerun: equal to an uninterrupted run."""
-    make_images(store_with_teacher, ipc=3)
+    make_real_images(store_with_teacher, ipc=3)
     args = ["relabel", "--ipc", "3", "--epochs", "150", "--batch-size", "8",
             "--rows-per-chunk", "16"]
     twin = tmp_path / "twin"
@@ -257,7 +253,7 @@ _RSS_SCRIPT = textwrap.dedent("""
 
 
 def test_peak_memory_does_not_grow_with_epochs(store_with_teacher: Store) -> None:
-    make_images(store_with_teacher, ipc=3)
+    make_real_images(store_with_teacher, ipc=3)
     results = {}
     for epochs in (30, 300):
         proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(store_with_teacher.root),
@@ -300,7 +296,7 @@ def test_cli_errors(tmp_path: Path, args: list[str], text: str) -> None:
 
 def test_corrupted_or_missing_array_is_reported(store_with_teacher: Store,
                                                 tmp_path: Path) -> None:
-    images = make_images(store_with_teacher, ipc=2)
+    images = make_real_images(store_with_teacher, ipc=2)
     art = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8), images)
     broken = tmp_path / "broken"
     shutil.copytree(art.path, broken)
@@ -325,7 +321,7 @@ def test_corrupted_or_missing_array_is_reported(store_with_teacher: Store,
 
 @pytest.mark.slow
 def test_cli_relabel_end_to_end(store_with_teacher: Store) -> None:
-    images = make_images(store_with_teacher, ipc=3)
+    images = make_real_images(store_with_teacher, ipc=3)
     proc = run_lpld("relabel", "--ipc", "3", "--epochs", "3", "--batch-size", "8", "--json",
                     store=store_with_teacher.root, check=True)
     result = json.loads(proc.stdout)

@@ -21,7 +21,7 @@ from lpld_cli.storage_report import (
     torch_save_batch_bytes,
     torch_save_layout,
 )
-from tests.test_relabel import make_images, needs_fmnist
+from tests.conftest import make_real_images, needs_fmnist
 
 GIB = 1 << 30
 
@@ -111,7 +111,7 @@ def test_torch_save_layout_counts_every_batch_file() -> None:
 # -------------------------------------------------------------- a real store
 @needs_fmnist
 def test_report_of_a_real_store(store_with_teacher: Store, tmp_path: Path) -> None:
-    images = make_images(store_with_teacher, ipc=3)
+    images = make_real_images(store_with_teacher, ipc=3)
     art = relabel(store_with_teacher, RelabelConfig(epochs=4, batch_size=8, rows_per_chunk=4),
                   images)
     rows = {r["artifact"]: r for r in storage_report(store_with_teacher)}

@@ -33,15 +33,11 @@ pytestmark = needs_fmnist
 TINY = TrainConfig(width=8, depth=2, epochs=3, batch_size=16)
 
 
-def make_images(store: Store, ipc: int = 4, seed: int = 0) -> Artifact:
-    return make_real_images(store, ipc, seed)
-
-
 def make_pipeline(root: Path, teacher_store: Store) -> dict[str, Artifact]:
     """teacher → 40 real images → relabel (4 epochs × 3 rows of 16, the last of 8) → prune 3x."""
     shutil.copytree(teacher_store.root / "objects", root / "objects")
     store = Store(root)
-    images = make_images(store)
+    images = make_real_images(store, ipc=4)
     full = relabel(store, RelabelConfig(epochs=4, batch_size=16, rows_per_chunk=5), images)
     pruned = prune(store, PruneConfig(ratio=3.0, granularity="batch", metric="random"), full)
     return {"store": store, "teacher": store.newest("teacher"), "images": images,
