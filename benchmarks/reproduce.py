@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         f"top-1 {r['metrics']['top1']:.4f}"))
 
     log("diversity of every image set (lpld_cli.diversity, as `lpld report diversity`)")
-    from lpld_cli.diversity import diversity
+    from lpld_cli.reports.diversity import diversity
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     arts = {key: store.get(images[key], kind="images") for key in sorted(plan.images)}

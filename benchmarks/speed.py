@@ -96,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lpld_cli.data import augment
+    from lpld_cli.data.augment import epoch_rows
     from lpld_cli.device import autocast, resolve_device
     from lpld_cli.models.teacher import load_teacher
     from lpld_cli.recover import RecoverConfig, recover
-    from lpld_cli.relabel import RelabelConfig, epoch_rows, relabel
+    from lpld_cli.relabel import RelabelConfig, relabel
+    from lpld_cli.reports.storage import label_row
     from lpld_cli.squeeze import SqueezeConfig, squeeze
     from lpld_cli.storage.images import load_image_set
     from lpld_cli.storage.store import Store
-    from lpld_cli.storage_report import label_row
     from lpld_cli.train import TrainConfig, train
 
     started = time.perf_counter()

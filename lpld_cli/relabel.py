@@ -16,7 +16,6 @@ records how many rows are on disk, chunk by chunk.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -32,9 +31,8 @@ import numpy as np
 import torch
 
 from lpld_cli.data import augment
-from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
-from lpld_cli.models.teacher import load_teacher
+from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import (
@@ -82,28 +80,6 @@ class RelabelConfig:
                               f"choose one of: {', '.join(CODECS)}")
         if self.rows_per_chunk is not None and self.rows_per_chunk < 1:
             raise ConfigError(f"--rows-per-chunk must be at least 1 (got {self.rows_per_chunk})")
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch: seeded by (seed, epoch) so any epoch can be redrawn."""
-    digest = hashlib.sha256(f"lpld-relabel:{seed}:{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def epoch_rows(num_images: int, batch_size: int, image_size: int, mix: str, seed: int,
-               epoch: int) -> Iterator[augment.Row]:
-    """Every row of one epoch: a fresh permutation, then one `draw_row` per batch.
-
-    The last batch is incomplete when B does not divide N: its empty slots
-    (image_index −1) sit at the end of the row.
-    """
-    generator = epoch_generator(seed, epoch)
-    order = torch.randperm(num_images, generator=generator).to(torch.int32)
-    for start in range(0, num_images, batch_size):
-        index = torch.full((batch_size,), -1, dtype=torch.int32)
-        part = order[start:start + batch_size]
-        index[:len(part)] = part
-        yield augment.draw_row(index, image_size, mix, generator)
 
 
 def relabel(store: Store, config: RelabelConfig, images: Artifact,
@@ -183,7 +159,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     first_epoch = done // batches_per_epoch
     try:
         for epoch in range(first_epoch, config.epochs):
-            for batch, row in enumerate(epoch_rows(num_images, b, image_size, config.mix,
+            for batch, row in enumerate(augment.epoch_rows(num_images, b, image_size, config.mix,
                                                    config.seed, epoch)):
                 r = epoch * batches_per_epoch + batch
                 if r < done:  # redrawn only to advance this epoch's generator
@@ -219,25 +195,6 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
             "disk_bytes": disk_bytes(folder / GROUP),
             "seconds": round(seconds, 3),
             "rows_per_s": round((rows - done) / max(seconds, 1e-9), 2)}
-
-
-@torch.no_grad()
-def teacher_logits(model: torch.nn.Module, images: torch.Tensor, row: augment.Row,
-                   device: torch.device) -> torch.Tensor:
-    """The teacher's float32 logits [B, C] for a row's augmented batch (zeros in empty slots).
-
-    Train calls this too (online labels, the replay check), so both sides run the
-    teacher the same way.
-    """
-    x = augment.replay(images, row)
-    with autocast(device):
-        out = model(x).float()
-    b = len(row.image_index)
-    if out.shape[0] == b:
-        return out
-    padded = torch.zeros(b, out.shape[1], dtype=out.dtype, device=out.device)
-    padded[:out.shape[0]] = out
-    return padded
 
 
 def logical_bytes(label_store: LabelStore) -> int:

@@ -13,8 +13,8 @@ from torch import nn
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError
-from lpld_cli.metrics import evaluate
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
+from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import (
     build_model,
     check_input,

@@ -28,16 +28,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
-from lpld_cli.data.augment import MIXES, Row, normalise, replay
+from lpld_cli.data.augment import MIXES, Row, epoch_rows, normalise, replay
 from lpld_cli.data.datasets import RealData, load_dataset
+from lpld_cli.data.label_pool import LabelPool, Prefetcher
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
-from lpld_cli.label_pool import LabelPool, Prefetcher
-from lpld_cli.metrics import evaluate
+from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
-from lpld_cli.models.teacher import load_teacher
+from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
-from lpld_cli.relabel import epoch_rows, teacher_logits
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Staging, Store
 

@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lpld_cli.cli import app
-from lpld_cli.diversity import median_bandwidth, mmd2, within_class_cosine
 from lpld_cli.recover import RecoverConfig, recover
+from lpld_cli.reports.diversity import median_bandwidth, mmd2, within_class_cosine
 from lpld_cli.storage.store import Store
 from tests.conftest import needs_fmnist
 

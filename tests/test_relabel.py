@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from lpld_cli.cli import app
 from lpld_cli.data import augment
+from lpld_cli.data.label_pool import row_from_store
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
-from lpld_cli.models.teacher import load_teacher
-from lpld_cli.relabel import PROGRESS_FILE, RelabelConfig, relabel, teacher_logits
+from lpld_cli.models.teacher import load_teacher, teacher_logits
+from lpld_cli.relabel import PROGRESS_FILE, RelabelConfig, relabel
 from lpld_cli.storage.images import load_image_set
-from lpld_cli.storage.labels import GROUP, SCHEMA, LabelStore, decode_logits, row_from_store
+from lpld_cli.storage.labels import GROUP, SCHEMA, LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Store
 from tests.conftest import make_real_images, needs_fmnist, run_lpld
 

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from lpld_cli.cli import app
 from lpld_cli.relabel import RelabelConfig, relabel
-from lpld_cli.storage.labels import COMPONENTS, GROUP
-from lpld_cli.storage.store import Store
-from lpld_cli.storage_report import (
+from lpld_cli.reports.storage import (
     plan_row,
     storage_report,
     torch_save_batch_bytes,
     torch_save_layout,
 )
+from lpld_cli.storage.labels import COMPONENTS, GROUP
+from lpld_cli.storage.store import Store
 from tests.conftest import make_real_images, needs_fmnist
 
 GIB = 1 << 30

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from lpld_cli.cli import app
 from lpld_cli.errors import ConfigError
-from lpld_cli.reports import accuracy_rows, disk_bytes, lineage_rows, plot_accuracy
+from lpld_cli.reports.accuracy import accuracy_rows, disk_bytes, plot_accuracy
+from lpld_cli.reports.lineage import lineage_rows
 from lpld_cli.storage.store import Store
 from lpld_cli.train import train
 from tests.conftest import needs_fmnist

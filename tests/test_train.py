@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 import lpld_cli.train as train_module
 from lpld_cli.cli import app
 from lpld_cli.data import augment
+from lpld_cli.data.label_pool import LabelPool, Prefetcher, RowSampler
 from lpld_cli.errors import ConfigError
-from lpld_cli.label_pool import LabelPool, Prefetcher, RowSampler
-from lpld_cli.models.teacher import load_teacher
+from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.prune import PruneConfig, prune
-from lpld_cli.relabel import RelabelConfig, relabel, teacher_logits
+from lpld_cli.relabel import RelabelConfig, relabel
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Store
@@ -182,7 +182,7 @@ def test_online_and_hard_labels(pipeline: dict) -> None:
 def test_online_equals_the_unpruned_store_it_would_have_written(pipeline: dict) -> None:
     """Online labels with relabel's sampler see the very rows relabel stored (same seed)."""
     pool = LabelPool.open(pipeline["full"])
-    rows = list(train_module.epoch_rows(40, 16, 28, "cutmix", 0, 1))
+    rows = list(augment.epoch_rows(40, 16, 28, "cutmix", 0, 1))
     assert [_row_key(r) for r in rows] == [_row_key(pool.get(i)[0]) for i in (3, 4, 5)]
 
 

@@ -9,7 +9,9 @@ Both run batched on any device: crops are one `grid_sample` call.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -165,3 +167,25 @@ def normalise(images: torch.Tensor, mean: list[float] | tuple[float, ...],
     m = torch.tensor(list(mean), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch: seeded by (seed, epoch) so any epoch can be redrawn."""
+    digest = hashlib.sha256(f"lpld-relabel:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def epoch_rows(num_images: int, batch_size: int, image_size: int, mix: str, seed: int,
+               epoch: int) -> Iterator[Row]:
+    """Every row of one epoch: a fresh permutation, then one `draw_row` per batch.
+
+    The last batch is incomplete when B does not divide N: its empty slots
+    (image_index −1) sit at the end of the row.
+    """
+    generator = epoch_generator(seed, epoch)
+    order = torch.randperm(num_images, generator=generator).to(torch.int32)
+    for start in range(0, num_images, batch_size):
+        index = torch.full((batch_size,), -1, dtype=torch.int32)
+        part = order[start:start + batch_size]
+        index[:len(part)] = part
+        yield draw_row(index, image_size, mix, generator)

@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lpld_cli.data.augment import Row, replay
+from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import ClassStats, bn_layers
 from lpld_cli.models.factory import build_model
@@ -75,3 +77,22 @@ def load_teacher(artifact: Artifact, device: torch.device | str = "cpu") -> Teac
                                      tensors[f"{name}.var"].to(device),
                                      tensors[f"{name}.count"])
     return Teacher(model, spec, data, stats or None, artifact.id)
+
+
+@torch.no_grad()
+def teacher_logits(model: torch.nn.Module, images: torch.Tensor, row: Row,
+                   device: torch.device) -> torch.Tensor:
+    """The teacher's float32 logits [B, C] for a row's augmented batch (zeros in empty slots).
+
+    Train calls this too (online labels, the replay check), so both sides run the
+    teacher the same way.
+    """
+    x = replay(images, row)
+    with autocast(device):
+        out = model(x).float()
+    b = len(row.image_index)
+    if out.shape[0] == b:
+        return out
+    padded = torch.zeros(b, out.shape[1], dtype=out.dtype, device=out.device)
+    padded[:out.shape[0]] = out
+    return padded

@@ -17,7 +17,6 @@ import torch
 import zarr
 import zarr.codecs
 
-from lpld_cli.data.augment import Row
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
 
 GROUP = "labels.zarr"
@@ -73,16 +72,6 @@ class LabelRows:
     def concat(blocks: list[LabelRows]) -> LabelRows:
         return LabelRows(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks])
                             for f in fields(LabelRows)})
-
-
-def row_from_store(rows: LabelRows, i: int) -> Row:
-    """Stored row `i` of a block as an `augment.Row`, ready for `augment.replay`."""
-    return Row(image_index=torch.from_numpy(np.array(rows.image_index[i], dtype=np.int32)),
-               crop=torch.from_numpy(np.array(rows.crop[i], dtype=np.float32)),
-               flip=torch.from_numpy(np.array(rows.flip[i], dtype=np.bool_)),
-               mix_index=torch.from_numpy(np.array(rows.mix_index[i], dtype=np.int32)),
-               mix_lambda=float(rows.mix_lambda[i]),
-               mix_box=torch.from_numpy(np.array(rows.mix_box[i], dtype=np.int32)))
 
 
 def compressor(codec: str) -> zarr.codecs.BloscCodec | zarr.codecs.GzipCodec | None:

@@ -9,7 +9,7 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit, info
-from lpld_cli.reports import accuracy_rows, plot_accuracy
+from lpld_cli.reports.accuracy import accuracy_rows, plot_accuracy
 
 
 def _table(rows: list[dict]) -> str:

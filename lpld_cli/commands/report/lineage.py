@@ -8,7 +8,7 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
-from lpld_cli.reports import lineage_rows
+from lpld_cli.reports.lineage import lineage_rows
 
 
 def _value(v: Any) -> str:

@@ -10,8 +10,8 @@ import typer
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
+from lpld_cli.reports.storage import plan_row, storage_report
 from lpld_cli.storage.labels import COMPONENTS
-from lpld_cli.storage_report import plan_row, storage_report
 
 GIB = 1 << 30
 

@@ -24,12 +24,23 @@ import torch
 
 from lpld_cli.data.augment import Row
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits, row_from_store
+from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact
+
 
 # How training epochs draw rows: "batch" (improved label pool: NB rows uniformly with
 # replacement), "epoch" (one stored epoch at random), "sequential" (an unpruned store:
 # training epoch e replays stored epoch e mod E, as the authors' full-label training does).
+def row_from_store(rows: LabelRows, i: int) -> Row:
+    """Stored row `i` of a block as an `augment.Row`, ready for `augment.replay`."""
+    return Row(image_index=torch.from_numpy(np.array(rows.image_index[i], dtype=np.int32)),
+               crop=torch.from_numpy(np.array(rows.crop[i], dtype=np.float32)),
+               flip=torch.from_numpy(np.array(rows.flip[i], dtype=np.bool_)),
+               mix_index=torch.from_numpy(np.array(rows.mix_index[i], dtype=np.int32)),
+               mix_lambda=float(rows.mix_lambda[i]),
+               mix_box=torch.from_numpy(np.array(rows.mix_box[i], dtype=np.int32)))
+
+
 ORDERS = ("batch", "epoch", "sequential")
 # Decoded chunks kept in memory: a whole Fashion-MNIST or pruned ImageNet pool fits.
 CACHE_BYTES = 1 << 30

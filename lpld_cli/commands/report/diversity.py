@@ -9,8 +9,8 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.diversity import DEFAULT_REAL_PER_CLASS, diversity, save_grid
 from lpld_cli.errors import ArtifactNotFoundError
+from lpld_cli.reports.diversity import DEFAULT_REAL_PER_CLASS, diversity, save_grid
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

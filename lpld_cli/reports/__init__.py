@@ -1,0 +1,1 @@
+"""What `lpld report` prints: storage, diversity, accuracy, lineage (rows as plain dicts)."""
