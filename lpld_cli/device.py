@@ -39,6 +39,36 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_precision(device: torch.device) -> str:
+    """fp32 on CPU, bf16 on CUDA: the value a stage's identity records when none is given."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def check_precision(device: torch.device, precision: str) -> str:
+    """`precision` if this device can run it, else a one-line ConfigError/DeviceError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown --precision {precision!r}",
+                          f"choose one of: {', '.join(PRECISIONS)}")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no "
+                          "bfloat16 support", "use --precision fp16 or fp32")
+    if precision != "fp32" and not torch.amp.is_autocast_available(device.type):
+        raise DeviceError(f"--precision {precision}: no autocast on {device.type}",
+                          "use --precision fp32")
+    return precision
+
+
+def precision_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast at `precision` (fp32: none), on CPU as on CUDA: what the identity says."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator for explicit draws."""
     random.seed(seed)

@@ -28,16 +28,23 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 
+from lpld_cli.data.label_pool import choose_random, keep_count
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import image_labels
-from lpld_cli.storage.labels import GROUP, LabelRows, LabelStore, decode_logits
+from lpld_cli.storage.labels import (
+    GROUP,
+    LabelRows,
+    LabelStore,
+    child_layout,
+    decode_logits,
+    pruned_attributes,
+)
 from lpld_cli.storage.store import Artifact, Staging, Store
 
 GRANULARITIES = ("batch", "epoch")
@@ -59,23 +66,22 @@ METRIC_HELP = {
                  "slot, 0.5 for an even CutMix)",
     "confidence": "largest softmax probability",
 }
-# Attributes that LabelStore.create sets itself: never copied from the parent.
-_LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "logits_dtype", "codec")
 _RATIO = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*[xX]?\s*$")
 
 
-def parse_ratio(text: str | float) -> float:
+def parse_ratio(text: str | float, option: str = "--ratio") -> float:
     """`40x`, `40`, `2.5x` -> 40.0, 40.0, 2.5; anything below 1 or not a number: ConfigError."""
-    hint = "give the reduction factor N ≥ 1, e.g. --ratio 40x (keep 1/40 of the rows) or 2.5x"
+    hint = (f"give the reduction factor N ≥ 1, e.g. {option} 40x (keep 1/40 of the rows) "
+            "or 2.5x")
     if isinstance(text, int | float):
         value = float(text)
     else:
         match = _RATIO.match(text)
         if match is None:
-            raise ConfigError(f"--ratio {text!r} is not a number like 40x, 40 or 2.5x", hint)
+            raise ConfigError(f"{option} {text!r} is not a number like 40x, 40 or 2.5x", hint)
         value = float(match.group(1))
     if not math.isfinite(value) or value < 1:
-        raise ConfigError(f"--ratio must be at least 1x (got {text!r})", hint)
+        raise ConfigError(f"{option} must be at least 1x (got {text!r})", hint)
     return value
 
 
@@ -204,11 +210,6 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
 
 
 # ------------------------------------------------------------------- selection
-def keep_count(total: int, ratio: float) -> int:
-    """⌊total / ratio⌋, at least one (exact for decimal ratios such as 2.5)."""
-    return max(1, math.floor(Fraction(total) / Fraction(repr(float(ratio)))))
-
-
 def select_units(score: np.ndarray | None, n: int, how: str, order: np.ndarray,
                  rng: np.random.Generator | None = None) -> np.ndarray:
     """Positions (into the candidate list) of the `n` kept candidates.
@@ -221,7 +222,7 @@ def select_units(score: np.ndarray | None, n: int, how: str, order: np.ndarray,
     n = min(n, u)
     if how == "random":
         assert rng is not None
-        return np.sort(rng.choice(u, size=n, replace=False))
+        return choose_random(u, n, rng)
     if how == "first":
         return np.sort(np.argsort(order, kind="stable")[:n])
     assert score is not None
@@ -350,7 +351,7 @@ def copy_rows(source: LabelStore, rows: np.ndarray, target: LabelStore,
     """Copy source rows `rows` (ascending) into `target`, chunk-aligned, one chunk in memory."""
     pending: list[LabelRows] = []
     buffered = written = 0
-    out_chunk = target.rows_per_chunk
+    out_chunk = target.rows_per_shard  # whole shard files
     for start, stop in _chunks(source):
         lo, hi = np.searchsorted(rows, [start, stop])
         if hi > lo:
@@ -393,21 +394,13 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
         source = LabelStore.open(parent.path, parent.id)
         classes = _image_classes(store, source, parent) if needs_classes(config.metric) else None
         chosen = plan(source, config, classes, reporter)
-        attrs = source.attrs
-        lineage = [*attrs.get("lineage", []), parent.id]
-        extra = {k: v for k, v in attrs.items() if k not in _LAYOUT_ATTRS}
-        if "parent_id" not in attrs and "seed" in attrs:  # keep relabel's seed: ours replaces it
-            extra["relabel_seed"] = attrs["seed"]
-        extra.update(parent_id=parent.id, ratio=config.ratio, total_ratio=selectors["ratio"],
-                     granularity=config.granularity, metric=config.metric,
-                     select=config.select, calibrate_easy=config.calibrate_easy,
-                     calibrate_hard=config.calibrate_hard, seed=config.seed, lineage=lineage)
-        target = LabelStore.create(
-            staging.path, rows=len(chosen.rows), batch_size=source.batch_size,
-            num_classes=source.num_classes, logits_dtype=attrs.get("logits_dtype", "float16"),
-            codec=attrs.get("codec", "zstd"),
-            rows_per_chunk=rows_per_chunk or min(source.rows_per_chunk, len(chosen.rows)),
-            attributes=extra)
+        fields = {"ratio": config.ratio, "total_ratio": selectors["ratio"],
+                  "granularity": config.granularity, "metric": config.metric,
+                  "select": config.select, "calibrate_easy": config.calibrate_easy,
+                  "calibrate_hard": config.calibrate_hard, "seed": config.seed}
+        target = LabelStore.create_layout(
+            staging.path, child_layout(source.layout, len(chosen.rows), rows_per_chunk),
+            pruned_attributes(source.attrs, parent.id, fields))
         task = reporter.task("copying kept rows", total=source.rows)
         copy_rows(source, chosen.rows, target, on_chunk=task.advance)
         task.close()

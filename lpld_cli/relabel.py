@@ -2,28 +2,36 @@
 
 For E epochs a seeded sampler walks the synthetic images in batches of B. Each
 batch ("row") draws its augmentation with `augment.draw_row` (RandomResizedCrop
-boxes, flips, one CutMix), the teacher sees `augment.replay(images, row)`, and the
-row and its logits are stored (DESIGN §5; paper §3.3.2, appendix E.2).
+boxes, flips, one CutMix) from its own generator seeded by (seed, epoch, batch), the
+teacher sees the row's replayed pixels, and the row and its logits are stored
+(DESIGN §5; paper §3.3.2, appendix E.2). Replay contract v2 (`augment`): pixels are a
+per-slot function of the uint8 image and the stored numbers; logits come from forwards
+of `rows_per_forward` (K) rows, row r always at block r mod K of a [K·B] batch.
 
-Each epoch's randomness comes from its own generator seeded by (seed, epoch), so any
-epoch can be regenerated on its own: that is what makes a resumed run equal to an
-uninterrupted one without saving RNG state. Rows are buffered into whole chunks and
-handed to a writer thread (bounded queue) that compresses and writes them while the
-teacher runs on the next batches; a progress file in staging (outside labels.zarr)
-records how many rows are on disk, chunk by chunk.
+The build, in three parts:
+- open-or-resume (`open_or_resume`): the store in staging and the shards still to do.
+  A shard (one file per array, `rows_per_shard` rows) is the unit of work and of
+  resume: `relabel-shards/<k>.done` in staging (outside labels.zarr) marks a written
+  one, so a rerun, or another rank, skips it.
+- a shard buffer (`ShardBuffer`): a shard's rows and the logits of each forward, drawn
+  ahead of the device by a background thread (`_Drawer`).
+- the writer (`ShardWriter`): a thread that encodes whole shards and writes them while
+  the teacher runs on the next.
+
+`keep` > 1 (`relabel --keep 40x`) labels only the rows `prune --ratio 40x` (random,
+batch granularity, same seed) would keep, into the very store that prune would write.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import queue
+import shutil
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +39,29 @@ import numpy as np
 import torch
 
 from lpld_cli.data import augment
+from lpld_cli.data.label_pool import random_pool_rows
+from lpld_cli.device import PRECISIONS, check_precision, default_precision
 from lpld_cli.errors import ConfigError
-from lpld_cli.models.teacher import load_teacher, teacher_logits
+from lpld_cli.models.teacher import group_logits, load_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import (
     CODECS,
-    GROUP,
     LOGITS_DTYPES,
-    SCHEMA,
     LabelRows,
     LabelStore,
-    encode_logits,
-    rows_per_chunk_for,
+    Layout,
+    child_layout,
+    pruned_attributes,
 )
 from lpld_cli.storage.store import Artifact, Store
 
-PROGRESS_FILE = "relabel-progress.json"
-# Chunks waiting for the writer thread: bounds memory to a few chunks whatever E is.
-QUEUE_CHUNKS = 2
+DONE_DIR = "relabel-shards"
+# Shards waiting for the writer thread: bounds memory to a few shards whatever E is.
+QUEUE_SHARDS = 2
+# Groups drawn ahead of the device.
+DRAW_AHEAD = 8
+DEFAULT_ROWS_PER_FORWARD = 4
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,13 @@ class RelabelConfig:
     logits_dtype: str = "float16"
     codec: str = "zstd"
     rows_per_chunk: int | None = None  # None: ~4 MB of logits per chunk
+    rows_per_shard: int | None = None  # None: ~256 MB per shard file, at most 512 shards
     seed: int = 0
+    # how the logits are computed (both change their last bits: part of the identity)
+    rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD
+    precision: str | None = None  # None: the device's default (fp32 CPU, bf16 CUDA)
+    # label only the rows random pruning at this ratio keeps (1: every row)
+    keep: float = 1.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -80,6 +98,52 @@ class RelabelConfig:
                               f"choose one of: {', '.join(CODECS)}")
         if self.rows_per_chunk is not None and self.rows_per_chunk < 1:
             raise ConfigError(f"--rows-per-chunk must be at least 1 (got {self.rows_per_chunk})")
+        if self.rows_per_shard is not None and self.rows_per_shard < 1:
+            raise ConfigError(f"--rows-per-shard must be at least 1 (got {self.rows_per_shard})")
+        if self.rows_per_forward < 1:
+            raise ConfigError(f"--rows-per-forward must be at least 1 (got "
+                              f"{self.rows_per_forward})", "stored batches per teacher forward")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}",
+                              f"choose one of: {', '.join(PRECISIONS)}")
+        if not (math.isfinite(self.keep) and self.keep >= 1):
+            raise ConfigError(f"--keep must be at least 1x (got {self.keep})",
+                              "e.g. --keep 40x labels the 1/40 of the rows prune --ratio 40x "
+                              "keeps")
+
+    def resolved(self, device: torch.device) -> RelabelConfig:
+        """The config the identity records: the device's precision when none is given,
+        checked against the device."""
+        precision = self.precision or default_precision(device)
+        check_precision(device, precision)
+        return replace(self, precision=precision)
+
+    def full(self) -> RelabelConfig:
+        """The config of the unpruned relabel this one's rows come from."""
+        return replace(self, keep=1.0)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where row r of a relabel sits: epoch r // NB, batch r % NB."""
+
+    num_images: int
+    batch_size: int
+    epochs: int
+    image_size: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    @property
+    def rows(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+    def complete(self) -> np.ndarray:
+        """bool [rows]: every slot filled (only an epoch's last batch can fall short)."""
+        full = self.num_images // self.batch_size
+        return np.tile(np.arange(self.batches_per_epoch) < full, self.epochs)
 
 
 def relabel(store: Store, config: RelabelConfig, images: Artifact,
@@ -95,6 +159,7 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
     """
     config.validate()
     device = device or torch.device("cpu")
+    config = config.resolved(device)
     if images.kind != "images":
         raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set",
                           "pass an images id (made by `lpld recover`)")
@@ -104,97 +169,134 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
                               "pass --teacher ID")
         teacher = store.get(images.parents[0], kind="teacher")
     sel = images.selectors
+    parents = [images.id, teacher.id]
+    full_id = store.artifact_id("labels", asdict(config.full()), parents)
 
     def build(staging) -> dict[str, Any]:
         with _cpu_threads(threads if device.type == "cpu" else None):
-            return _build(staging.path, config, images, teacher, device, reporter)
+            return _build(staging.path, config, images, teacher, device, reporter, full_id)
 
+    pruned = config.keep > 1
     return store.produce(
-        "labels", asdict(config), [images.id, teacher.id], build, force=force, resumable=True,
+        "labels", asdict(config), parents, build, force=force, resumable=True,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
-                   "method": sel.get("method"), "ratio": 1.0, "granularity": None,
-                   "metric": None})
+                   "method": sel.get("method"), "ratio": config.keep,
+                   "granularity": "batch" if pruned else None,
+                   "metric": "random" if pruned else None})
 
 
+# --------------------------------------------------------------- open-or-resume
+def plan_store(config: RelabelConfig, geometry: Geometry, num_classes: int,
+               attributes: dict[str, Any], full_id: str
+               ) -> tuple[Layout, dict[str, Any], np.ndarray]:
+    """The layout and attributes of the store to write, and which relabel rows it holds.
+
+    With `keep` > 1 these are exactly what `prune --ratio keep` (random, batch, same
+    seed) writes from the full store: its child layout, its attributes (the full store's
+    id as parent), the rows random pruning picks.
+    """
+    full = Layout(geometry.rows, config.batch_size, num_classes, config.logits_dtype,
+                  config.codec, augment.CONTRACT, geometry.num_images, geometry.image_size,
+                  config.rows_per_chunk, config.rows_per_shard)
+    if config.keep <= 1:
+        return full, attributes, np.arange(geometry.rows)
+    rows = random_pool_rows(geometry.complete(), config.keep, config.seed)
+    parent_attrs = {**full.attributes(), **attributes}
+    fields = {"ratio": config.keep, "total_ratio": config.keep, "granularity": "batch",
+              "metric": "random", "select": None, "calibrate_easy": 0.0,
+              "calibrate_hard": 0.0, "seed": config.seed}
+    return (child_layout(full, len(rows)), pruned_attributes(parent_attrs, full_id, fields),
+            rows)
+
+
+def open_or_resume(folder: Path, layout: Layout, attributes: dict[str, Any],
+                   reporter: Reporter = SILENT) -> tuple[LabelStore, list[int]]:
+    """The label store in staging and the shards not yet written (a fresh store when
+    none is there, or the one there does not have this layout)."""
+    done_dir = folder / DONE_DIR
+    label_store = None
+    if done_dir.is_dir():
+        with contextlib.suppress(Exception):
+            label_store = LabelStore.open(folder, mode="r+")
+            if label_store.layout.attributes() != layout.attributes():
+                label_store = None
+    if label_store is None:
+        if done_dir.exists():
+            shutil.rmtree(done_dir)
+        label_store = LabelStore.create_layout(folder, layout, attributes)
+        done_dir.mkdir()
+    todo = [k for k in range(label_store.num_shards) if not (done_dir / f"{k}.done").exists()]
+    if len(todo) < label_store.num_shards:
+        reporter.log(f"resuming relabel: {label_store.num_shards - len(todo)} of "
+                     f"{label_store.num_shards} shards already written")
+    return label_store, todo
+
+
+# ------------------------------------------------------------------ the build
 def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifact: Artifact,
-           device: torch.device, reporter: Reporter) -> dict[str, Any]:
+           device: torch.device, reporter: Reporter, full_id: str,
+           owns: Callable[[int], bool] = lambda k: True) -> dict[str, Any]:
+    """Label every shard still to do that `owns(k)` (all of them on one process)."""
     teacher = load_teacher(teacher_artifact, device)
+    if device.type == "cuda":
+        teacher.model.to(memory_format=torch.channels_last)
     pixels, _labels, _names = load_image_set(images.path)
-    num_images = len(pixels)
-    image_size = int(pixels.shape[-1])
-    stack = augment.normalise(pixels, teacher.data["mean"], teacher.data["std"]).to(device)
-    num_classes = teacher.num_classes
-    b = config.batch_size
-    batches_per_epoch = math.ceil(num_images / b)
-    rows = config.epochs * batches_per_epoch
-    chunk = config.rows_per_chunk or rows_per_chunk_for(b, num_classes, config.logits_dtype)
-    chunk = min(chunk, rows)
+    bank = augment.ImageBank(pixels, teacher.data["mean"], teacher.data["std"], device)
+    del pixels
+    geometry = Geometry(len(bank), config.batch_size, config.epochs, bank.image_size)
     attributes = {
-        "batches_per_epoch": batches_per_epoch, "epochs": config.epochs,
-        "image_size": image_size, "mix": config.mix, "images_id": images.id,
-        "teacher_id": teacher_artifact.id, "num_images": num_images, "seed": config.seed}
-
-    progress_path = folder / PROGRESS_FILE
-    done = _read_progress(progress_path) if (folder / GROUP).is_dir() else 0
-    if done:
-        label_store = LabelStore.open(folder, mode="r+")
-        done -= done % label_store.rows_per_chunk  # whole chunks only
-        reporter.log(f"resuming relabel at row {done} of {rows}")
-    else:
-        label_store = LabelStore.create(folder, rows, b, num_classes,
-                                        logits_dtype=config.logits_dtype, codec=config.codec,
-                                        rows_per_chunk=chunk, attributes=attributes)
-        _write_progress(progress_path, 0)
-    chunk = label_store.rows_per_chunk
-
-    writer = _ChunkWriter(label_store, progress_path)
-    task = reporter.task("relabel rows", rows)
-    if done:
-        task.advance(done)
+        "batches_per_epoch": geometry.batches_per_epoch, "epochs": config.epochs,
+        "image_size": geometry.image_size, "mix": config.mix, "images_id": images.id,
+        "teacher_id": teacher_artifact.id, "num_images": geometry.num_images,
+        "seed": config.seed, "rows_per_forward": config.rows_per_forward,
+        "precision": config.precision}
+    layout, attributes, source_rows = plan_store(config, geometry, teacher.num_classes,
+                                                 attributes, full_id)
+    label_store, todo = open_or_resume(folder, layout, attributes, reporter)
+    todo = [k for k in todo if owns(k)]
+    units = [(k, source_rows[slice(*label_store.shard_range(k))]) for k in todo]
+    total = int(sum(len(rows) for _k, rows in units))
+    task = reporter.task("relabel rows", total)
     start_time = time.perf_counter()
-    buffer = _empty_block(chunk, b, num_classes, label_store.arrays["logits"].dtype)
-    filled = 0
-    pending: list[torch.Tensor] = []
-    block_start = done
-    first_epoch = done // batches_per_epoch
+    drawer = _Drawer(units, geometry, config, bank)
+    writer = ShardWriter(label_store, folder / DONE_DIR)
+    labelled = 0
     try:
-        for epoch in range(first_epoch, config.epochs):
-            for batch, row in enumerate(augment.epoch_rows(num_images, b, image_size, config.mix,
-                                                   config.seed, epoch)):
-                r = epoch * batches_per_epoch + batch
-                if r < done:  # redrawn only to advance this epoch's generator
-                    continue
-                # Logits stay on the device until the chunk is full: one transfer per
-                # chunk, so the accelerator never waits on a per-batch copy.
-                pending.append(teacher_logits(teacher.model, stack, row, device))
-                _fill(buffer, filled, r, row)
-                filled += 1
-                if filled == chunk or r == rows - 1:
-                    buffer.logits[:filled] = encode_logits(torch.stack(pending),
-                                                           config.logits_dtype)
-                    pending = []
-                    writer.put(block_start, buffer.take(slice(0, filled)))
-                    buffer = _empty_block(chunk, b, num_classes,
-                                          label_store.arrays["logits"].dtype)
-                    block_start += filled
-                    filled = 0
-                elapsed = time.perf_counter() - start_time
-                task.advance(1, rows_per_s=(r + 1 - done) / max(elapsed, 1e-9),
-                             epoch=epoch + 1)
+        buffer: ShardBuffer | None = None
+        for item in drawer:
+            if buffer is None or buffer.shard != item.shard:
+                if buffer is not None:
+                    writer.put(buffer)
+                buffer = ShardBuffer(item.shard, label_store, item.shard_rows, device)
+            logits = group_logits(teacher.model, bank, item.rows, config.batch_size, device,
+                                  config.precision)
+            buffer.add(item.places, item.rows, logits, config.batch_size)
+            labelled += len(item.places)
+            elapsed = time.perf_counter() - start_time
+            task.advance(len(item.places), rows_per_s=labelled / max(elapsed, 1e-9))
+        if buffer is not None:
+            writer.put(buffer)
         writer.close()
     except BaseException:
+        drawer.close()
         writer.abort()
         raise
     finally:
         task.close()
     seconds = time.perf_counter() - start_time
-    progress_path.unlink()
-    return {"rows": rows, "batches_per_epoch": batches_per_epoch, "epochs": config.epochs,
-            "num_images": num_images, "rows_per_chunk": chunk,
+    done_dir = folder / DONE_DIR
+    if len(list(done_dir.glob("*.done"))) < label_store.num_shards:  # another rank's turn
+        return {}
+    shutil.rmtree(done_dir)
+    return {"rows": label_store.rows, "batches_per_epoch": geometry.batches_per_epoch,
+            "epochs": config.epochs, "num_images": geometry.num_images,
+            "rows_per_chunk": label_store.rows_per_chunk,
+            "rows_per_shard": label_store.rows_per_shard, "files": label_store.files(),
+            "rows_labelled": labelled, "relabel_rows": geometry.rows,
             "logical_bytes": logical_bytes(label_store),
-            "disk_bytes": disk_bytes(folder / GROUP),
+            "disk_bytes": disk_bytes(label_store.path),
             "seconds": round(seconds, 3),
-            "rows_per_s": round((rows - done) / max(seconds, 1e-9), 2)}
+            "rows_per_s": round(labelled / max(seconds, 1e-9), 2)}
 
 
 def logical_bytes(label_store: LabelStore) -> int:
@@ -220,48 +322,145 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _empty_block(rows: int, b: int, c: int, logits_dtype: Any) -> LabelRows:
-    arrays = {}
-    for name, (dtype, trailing, _dims) in SCHEMA.items():
-        dt = logits_dtype if name == "logits" else dtype
-        arrays[name] = np.zeros((rows, *trailing(b, c)), dtype=dt)
-    return LabelRows(**arrays)
+# ------------------------------------------------------------- drawing ahead
+@dataclass
+class _Group:
+    """One forward's worth of rows: block i holds rows[i] (None: empty)."""
+
+    shard: int
+    shard_rows: int  # rows of the shard being filled
+    rows: list[augment.Row | None]
+    places: list[tuple[int, int, int]]  # (block, place in the shard, relabel row number)
 
 
-def _fill(block: LabelRows, i: int, row_number: int, row: augment.Row) -> None:
-    block.batch_id[i] = row_number
-    block.image_index[i] = row.image_index.numpy()
-    block.crop[i] = row.crop.numpy()
-    block.flip[i] = row.flip.numpy()
-    block.mix_index[i] = row.mix_index.numpy()
-    block.mix_lambda[i] = row.mix_lambda
-    block.mix_box[i] = row.mix_box.numpy()
+def pack_groups(source_rows: Sequence[int], k: int) -> list[list[tuple[int, int]]]:
+    """Forwards for these relabel rows: each row r at block r mod K, as few forwards as
+    the blocks allow; consecutive aligned rows give the aligned groups of K.
+    Each forward: [(block, index into source_rows)]."""
+    buckets: list[list[int]] = [[] for _ in range(k)]
+    for i, r in enumerate(source_rows):
+        buckets[int(r) % k].append(i)
+    groups = []
+    for g in range(max(len(b) for b in buckets)):
+        groups.append([(block, b[g]) for block, b in enumerate(buckets) if g < len(b)])
+    return groups
 
 
-def _read_progress(path: Path) -> int:
-    try:
-        return int(json.loads(path.read_text())["rows_done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+class _Drawer:
+    """Draws each shard's rows (the CPU's share: torchvision's box sampling) on a
+    background thread, DRAW_AHEAD forwards ahead of the device."""
+
+    _END = object()
+
+    def __init__(self, units: list[tuple[int, np.ndarray]], geometry: Geometry,
+                 config: RelabelConfig, bank: augment.ImageBank) -> None:
+        self.units, self.geometry, self.config = units, geometry, config
+        self.queue: queue.Queue[Any] = queue.Queue(DRAW_AHEAD)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lpld-relabel-draw", daemon=True)
+        self.thread.start()
+
+    def _row(self, r: int, orders: dict[int, torch.Tensor]) -> augment.Row:
+        g, c = self.geometry, self.config
+        epoch, batch = divmod(int(r), g.batches_per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = augment.epoch_order(g.num_images, c.seed, epoch)
+        return augment.row_at(orders[epoch], batch, c.batch_size, g.image_size, c.mix, c.seed,
+                              epoch)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        orders: dict[int, torch.Tensor] = {}
+        k = self.config.rows_per_forward
+        try:
+            for shard, rows in self.units:
+                for group in pack_groups(rows, k):
+                    blocks: list[augment.Row | None] = [None] * k
+                    places = []
+                    for block, i in group:
+                        blocks[block] = self._row(int(rows[i]), orders)
+                        places.append((block, i, int(rows[i])))
+                    if not self._put(_Group(shard, len(rows), blocks, places)):
+                        return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the main thread
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[_Group]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
-def _write_progress(path: Path, rows_done: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"rows_done": rows_done}))
-    os.replace(tmp, path)
+# ----------------------------------------------------------------- shard buffer
+class ShardBuffer:
+    """One shard in host memory: its augmentation arrays and float32 logits, filled
+    forward by forward (on CUDA the logits land in pinned memory by asynchronous
+    copies; `ready()` waits for the last)."""
+
+    def __init__(self, shard: int, label_store: LabelStore, rows: int,
+                 device: torch.device) -> None:
+        self.shard = shard
+        self.start = label_store.shard_range(shard)[0]
+        self.block = LabelRows.empty(label_store.layout, rows)
+        self.encoding = label_store.encoding
+        b, c = label_store.batch_size, label_store.num_classes
+        self.logits = torch.zeros(rows, b, c, dtype=torch.float32,
+                                  pin_memory=device.type == "cuda")
+        self.event = torch.cuda.Event() if device.type == "cuda" else None
+
+    def add(self, places: list[tuple[int, int, int]], rows: list[augment.Row | None],
+            logits: torch.Tensor, batch_size: int) -> None:
+        for block, i, r in places:
+            row = rows[block]
+            assert row is not None
+            a = self.block.arrays
+            a["batch_id"][i] = r
+            a["image_index"][i] = row.image_index.numpy()
+            a["crop"][i] = row.crop.numpy()
+            a["flip"][i] = row.flip.numpy()
+            a["mix_index"][i] = row.mix_index.numpy()
+            a["mix_lambda"][i] = row.mix_lambda
+            a["mix_box"][i] = row.mix_box.numpy()
+            self.logits[i].copy_(logits[block * batch_size:(block + 1) * batch_size],
+                                 non_blocking=True)
+        if self.event is not None:
+            self.event.record()
+
+    def ready(self) -> LabelRows:
+        """The shard's rows with their logits encoded (called on the writer thread)."""
+        if self.event is not None:
+            self.event.synchronize()
+        self.block.arrays.update(self.encoding.encode(self.logits))
+        return self.block
 
 
-class _ChunkWriter:
-    """Compresses and writes whole chunks on a thread while the teacher runs.
+# ------------------------------------------------------------------------ writer
+class ShardWriter:
+    """Encodes and writes whole shards on a thread while the teacher runs; after each
+    shard its done marker is written (a crash loses at most the shards in flight)."""
 
-    Chunks arrive in row order; after each write the progress file says how many
-    rows are complete, so a crash loses at most the chunks still in flight.
-    """
-
-    def __init__(self, label_store: LabelStore, progress_path: Path) -> None:
+    def __init__(self, label_store: LabelStore, done_dir: Path) -> None:
         self.store = label_store
-        self.progress_path = progress_path
-        self.queue: queue.Queue[tuple[int, LabelRows] | None] = queue.Queue(QUEUE_CHUNKS)
+        self.done_dir = done_dir
+        self.queue: queue.Queue[ShardBuffer | None] = queue.Queue(QUEUE_SHARDS)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lpld-label-writer", daemon=True)
         self.thread.start()
@@ -270,10 +469,9 @@ class _ChunkWriter:
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue
-            start, block = item
             try:
-                self.store.write(start, block)
-                _write_progress(self.progress_path, start + len(block))
+                self.store.write(item.start, item.ready())
+                (self.done_dir / f"{item.shard}.done").touch()
             except BaseException as exc:  # handed to the main thread
                 self.error = exc
 
@@ -281,9 +479,9 @@ class _ChunkWriter:
         if self.error is not None:
             raise self.error
 
-    def put(self, start: int, block: LabelRows) -> None:
+    def put(self, buffer: ShardBuffer) -> None:
         self._check()
-        self.queue.put((start, block))
+        self.queue.put(buffer)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -291,6 +489,6 @@ class _ChunkWriter:
         self._check()
 
     def abort(self) -> None:
-        """Stop after the chunks already queued (they are complete), then return."""
+        """Stop after the shards already queued (they are complete), then return."""
         self.queue.put(None)
         self.thread.join()

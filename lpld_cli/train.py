@@ -28,10 +28,16 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
-from lpld_cli.data.augment import MIXES, Row, epoch_rows, normalise, replay
+from lpld_cli.data.augment import CONTRACT, MIXES, ImageBank, Row, epoch_rows, replay
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.data.label_pool import LabelPool, Prefetcher
-from lpld_cli.device import autocast, seed_everything
+from lpld_cli.device import (
+    PRECISIONS,
+    check_precision,
+    default_precision,
+    precision_autocast,
+    seed_everything,
+)
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
@@ -71,6 +77,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
     mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
+    precision: str | None = None  # autocast of the student; None: fp32 on CPU, bf16 on CUDA
 
     def validate(self) -> None:
         if self.labels not in LABEL_MODES:
@@ -96,6 +103,9 @@ class TrainConfig:
             raise ConfigError(f"warm-up epochs must be in [0, --epochs) (got {self.warmup_epochs})")
         if self.mix not in MIXES:
             raise ConfigError(f"unknown mix {self.mix!r}", f"choose one of: {', '.join(MIXES)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}",
+                              f"choose one of: {', '.join(PRECISIONS)}")
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
@@ -119,9 +129,11 @@ def mixed_ce(student: torch.Tensor, classes: torch.Tensor, row: Row) -> torch.Te
     return row.mix_lambda * own + (1 - row.mix_lambda) * F.cross_entropy(student, partner)
 
 
-def student_batch(images: torch.Tensor, row: Row, image_size: int | None = None) -> torch.Tensor:
-    """The student's input for a row: exactly the batch the teacher labelled (DESIGN §5)."""
-    return replay(images, row, image_size)
+def student_batch(images: ImageBank, row: Row, image_size: int | None = None,
+                  contract: int = CONTRACT) -> torch.Tensor:
+    """The student's input for a row: exactly the batch the teacher labelled (DESIGN §5),
+    under the replay contract of the store it comes from."""
+    return replay(images, row, image_size, contract)
 
 
 def _lr_at(config: TrainConfig, epoch: int) -> float:
@@ -153,6 +165,8 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
     """
     device = device or torch.device("cpu")
     config.validate()
+    config = replace(config, precision=check_precision(
+        device, config.precision or default_precision(device)))
     if images.kind != "images":
         raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set")
     pool: LabelPool | None = None
@@ -221,8 +235,10 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     if pixels.shape[-1] != spec["image_size"] or pixels.shape[1] != spec["in_chans"]:
         raise ConfigError(f"images {images.short} are {pixels.shape[1]}×{pixels.shape[-1]}px, "
                           f"the dataset's are {spec['in_chans']}×{spec['image_size']}px")
-    # normalised once (as relabel does: the teacher's mean/std), then kept on the device
-    x_all = normalise(pixels, norm["mean"], norm["std"]).to(device)
+    # uint8, normalised per batch (as relabel does: the teacher's mean/std)
+    x_all = ImageBank(pixels, norm["mean"], norm["std"], device)
+    del pixels
+    contract = pool.replay if pool is not None else CONTRACT
     y_all = classes.to(device)
     teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
     probe = _test_subset(data, PROBE_IMAGES)
@@ -256,16 +272,17 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     len(x_all), config.batch_size, spec["image_size"], config.mix,
                     config.seed, epoch))
             for row, stored in batches:
-                x = student_batch(x_all, row, spec["image_size"])
+                x = student_batch(x_all, row, spec["image_size"], contract)
                 valid = row.valid
                 target = None
                 if stored is not None:
                     target = stored[:valid].to(device, non_blocking=True)
                 elif teacher is not None:
                     t0 = time.perf_counter()
-                    target = teacher_logits(teacher, x_all, row, device)[:valid]
+                    target = teacher_logits(teacher, x_all, row, device,
+                                            config.precision)[:valid]
                     label_seconds += time.perf_counter() - t0
-                with autocast(device):
+                with precision_autocast(device, config.precision):
                     out = model(x)
                 out = out.float()
                 y = y_all[row.image_index[:valid].to(device, torch.long)]

@@ -20,15 +20,16 @@ from tests.conftest import needs_fmnist
 pytestmark = needs_fmnist
 
 R, B, C, CHUNK = 15, 8, 10, 4  # 5 epochs x 3 batches of 8 over 20 images; 4 rows per chunk
-# DESIGN §5, written out: name -> (dtype, shape)
+SHARD = 8  # two chunks per shard file: 2 shards along rows
+# DESIGN §5 (replay v2, lossless narrow types), written out: name -> (dtype, shape)
 SCHEMA = {
     "batch_id": ("int32", (R,)),
-    "image_index": ("int32", (R, B)),
-    "crop": ("float32", (R, B, 4)),
+    "image_index": ("int8", (R, B)),  # 20 images and −1
+    "crop": ("uint8", (R, B, 4)),  # integer pixel boxes of the 28-px image
     "flip": ("bool", (R, B)),
-    "mix_index": ("int32", (R, B)),
+    "mix_index": ("uint8", (R, B)),  # partner slot < 8
     "mix_lambda": ("float32", (R,)),
-    "mix_box": ("int32", (R, 4)),
+    "mix_box": ("uint8", (R, 4)),
     "logits": ("float16", (R, B, C)),
 }
 
@@ -44,7 +45,8 @@ def label_store(teacher_store, tmp_path_factory) -> Path:
     shutil.copytree(teacher_store.root / "objects", root / "objects")
     store = Store(root)
     images = make_real_images(store, ipc=2)
-    art = relabel(store, RelabelConfig(epochs=5, batch_size=B, rows_per_chunk=CHUNK), images)
+    art = relabel(store, RelabelConfig(epochs=5, batch_size=B, rows_per_chunk=CHUNK,
+                                       rows_per_shard=SHARD), images)
     return art.path / "labels.zarr"
 
 
@@ -63,6 +65,7 @@ def test_zarr_python_reads_every_array(label_store: Path) -> None:
         assert str(array.dtype) == dtype, name
         assert array.shape == shape, name
         assert array.chunks == (CHUNK, *shape[1:]), name  # whole batches per chunk
+        assert array.shards == (SHARD, *shape[1:]), name
     batch_id = group["batch_id"][:]
     np.testing.assert_array_equal(batch_id, np.arange(R))
     index = group["image_index"][:]
@@ -74,14 +77,19 @@ def test_metadata_names_a_native_codec_and_dimensions(label_store: Path) -> None
     for name in SCHEMA:
         meta = json.loads((label_store / name / "zarr.json").read_text())
         assert meta["zarr_format"] == 3 and meta["node_type"] == "array"
-        codecs = [c["name"] for c in meta["codecs"]]
-        assert "blosc" in codecs, codecs
-        blosc = next(c for c in meta["codecs"] if c["name"] == "blosc")
+        (sharding,) = meta["codecs"]  # the Zarr v3 sharding codec, whole chunks inside
+        assert sharding["name"] == "sharding_indexed"
+        config = sharding["configuration"]
+        assert config["chunk_shape"][0] == CHUNK
+        codecs = [c["name"] for c in config["codecs"]]
+        assert codecs == ["bytes", "blosc", "crc32c"], codecs  # every chunk checksummed
+        blosc = next(c for c in config["codecs"] if c["name"] == "blosc")
         assert blosc["configuration"]["cname"] == "zstd"
+        assert "crc32c" in [c["name"] for c in config["index_codecs"]]
         assert meta["dimension_names"][0] == "row"
-        # Chunk files exist for every chunk: ceil(15 / 4) = 4 along rows.
-        chunks = [p for p in (label_store / name / "c").rglob("*") if p.is_file()]
-        assert len(chunks) == 4, name
+        # One file per shard, every shard written: ceil(15 / 8) = 2 along rows.
+        shards = [p for p in (label_store / name / "c").rglob("*") if p.is_file()]
+        assert len(shards) == 2, name
 
 
 def test_tensorstore_reads_the_same_values(label_store: Path) -> None:
@@ -93,6 +101,7 @@ def test_tensorstore_reads_the_same_values(label_store: Path) -> None:
         assert tuple(array.shape) == shape, name
         assert array.dtype.numpy_dtype == np.dtype(dtype), name
         assert tuple(array.chunk_layout.read_chunk.shape) == (CHUNK, *shape[1:]), name
+        assert tuple(array.chunk_layout.write_chunk.shape) == (SHARD, *shape[1:]), name
         np.testing.assert_array_equal(array.read().result(), group[name][:], err_msg=name)
 
 
@@ -105,3 +114,22 @@ def test_logits_are_real_teacher_outputs(label_store: Path) -> None:
     assert (logits[index < 0] == 0).all()
     # Ten classes seen as the argmax somewhere: the teacher discriminates.
     assert len(np.unique(filled.argmax(1))) >= 5
+
+
+def test_a_flipped_byte_fails_its_checksum_without_the_manifest(label_store: Path,
+                                                                tmp_path: Path) -> None:
+    """crc32c on every chunk: zarr-python and tensorstore both refuse a damaged one."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(label_store, copy)
+    shard = copy / "logits" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside the first chunks, not the index at the end
+    shard.chmod(0o644)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="(?i)checksum"):
+        zarr.open_array(str(copy / "logits"), mode="r")[:]
+    with pytest.raises(Exception, match="(?i)checksum|crc|digest"):
+        ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(copy / "logits")}},
+                read=True).result().read().result()
+    np.testing.assert_array_equal(zarr.open_array(str(copy / "logits"), mode="r")[8:],
+                                  zarr.open_array(str(label_store / "logits"), mode="r")[8:])

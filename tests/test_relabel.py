@@ -20,7 +20,7 @@ from lpld_cli.data import augment
 from lpld_cli.data.label_pool import row_from_store
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
 from lpld_cli.models.teacher import load_teacher, teacher_logits
-from lpld_cli.relabel import PROGRESS_FILE, RelabelConfig, relabel
+from lpld_cli.relabel import DONE_DIR, RelabelConfig, relabel
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import GROUP, SCHEMA, LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Store
@@ -52,6 +52,9 @@ def test_crop_boxes_are_torchvision_random_resized_crop(size: int, scale) -> Non
         assert boxes.shape == (50, 4) and boxes.dtype == torch.float32
         pixels = [[round(v * size) for v in box] for box in boxes.tolist()]
         assert pixels == [list(b) for b in expected]
+        generator = torch.Generator().manual_seed(seed)
+        ints = augment.sample_crop_pixels(50, size, size, generator, scale=scale)
+        assert ints.dtype == torch.int32 and ints.tolist() == [list(b) for b in expected]
     assert augment.sample_crop_boxes(0, size, size, generator).shape == (0, 4)
 
 
@@ -70,9 +73,13 @@ def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
     for key, want in {"num_classes": 10, "batch_size": 8, "batches_per_epoch": 4, "epochs": 5,
                       "image_size": 28, "mix": "cutmix", "logits_dtype": "float16",
                       "images_id": images.id, "teacher_id": images.parents[0],
-                      "num_images": 30, "seed": 0, "rows": 20, "rows_per_chunk": 3}.items():
+                      "num_images": 30, "seed": 0, "rows": 20, "rows_per_chunk": 3,
+                      "replay": 2, "rows_per_forward": 4, "precision": "fp32"}.items():
         assert attrs[key] == want, key
     assert labels.arrays["logits"].chunks == (3, 8, 10)
+    # lossless compact augmentation: pixel boxes in uint8 (28 px), indices narrowest
+    assert (rows.crop.dtype, rows.image_index.dtype, rows.mix_index.dtype,
+            rows.mix_box.dtype) == (np.uint8, np.int8, np.uint8, np.uint8)
     np.testing.assert_array_equal(rows.batch_id, np.arange(20))
     for e in range(5):
         epoch = rows.image_index[4 * e:4 * e + 4].reshape(-1)
@@ -82,12 +89,12 @@ def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
         assert (last[:6] >= 0).all()
         assert (rows.logits[4 * e + 3, 6:] == 0).all() and (rows.crop[4 * e + 3, 6:] == 0).all()
     assert not np.array_equal(rows.image_index[0], rows.image_index[4])  # fresh permutation
-    full = rows.crop[rows.image_index >= 0]
-    assert (full[:, 2:] > 0).all() and (full[:, :2] + full[:, 2:] <= 1 + 1e-6).all()
+    full = rows.crop[rows.image_index >= 0].astype(int)
+    assert (full[:, 2:] > 0).all() and (full[:, :2] + full[:, 2:] <= 28).all()
     assert 0.2 < rows.flip[rows.image_index >= 0].mean() < 0.8
     assert (rows.mix_lambda > 0).all() and (rows.mix_lambda <= 1).all()
     assert len(np.unique(rows.mix_lambda)) > 10  # λ ~ Beta(1, 1), one per batch
-    assert PROGRESS_FILE not in {p.name for p in art.path.rglob("*")}
+    assert DONE_DIR not in {p.name for p in art.path.rglob("*")}
 
 
 def test_same_config_is_cached_and_seed_changes_rows(store_with_teacher: Store) -> None:
@@ -105,27 +112,31 @@ def test_same_config_is_cached_and_seed_changes_rows(store_with_teacher: Store) 
 def test_replay_of_stored_rows_gives_the_stored_logits(store_with_teacher: Store, mix: str,
                                                        dtype: str) -> None:
     images = make_real_images(store_with_teacher, ipc=3)
-    art = relabel(store_with_teacher, RelabelConfig(epochs=4, batch_size=8, mix=mix,
-                                                    logits_dtype=dtype), images)
+    config = RelabelConfig(epochs=4, batch_size=8, mix=mix, logits_dtype=dtype,
+                           rows_per_forward=3)
+    art = relabel(store_with_teacher, config, images)
     labels, rows = read_all(art)
     teacher = load_teacher(store_with_teacher.get(images.parents[0]))
     pixels, _, _ = load_image_set(images.path)
-    stack = augment.normalise(pixels, teacher.data["mean"], teacher.data["std"])
+    bank = augment.ImageBank(pixels, teacher.data["mean"], teacher.data["std"])
     picks = np.random.default_rng(0).choice(len(rows), size=6, replace=False).tolist()
     picks.append(3)  # an incomplete last batch
     for i in picks:
         row = row_from_store(rows, i)
-        x = augment.replay(stack, row)
+        x = augment.replay(bank, row)
         assert x.shape == (row.valid, 1, 28, 28)
         if mix == "cutmix":
             assert row.mix_lambda < 1 and sorted(row.mix_index[:row.valid].tolist()) == list(
                 range(row.valid))
-        replayed = teacher_logits(teacher.model, stack, row, torch.device("cpu"))
+        # recomputed as relabel did: block i mod K of a forward of K rows
+        replayed = teacher_logits(teacher.model, bank, row, torch.device("cpu"),
+                                  rows_per_forward=3, block=i % 3)
         stored = decode_logits(rows.logits[i], dtype)
         # Cast to the stored dtype, then compare exactly.
         np.testing.assert_array_equal(decode_logits(
             _encode(replayed, dtype), dtype).numpy(), stored.numpy())
         assert stored[:row.valid].abs().sum() > 0
+        assert (stored[row.valid:] == 0).all()
 
 
 def _encode(logits: torch.Tensor, dtype: str) -> np.ndarray:
@@ -138,14 +149,17 @@ def test_replay_is_not_vacuous(store_with_teacher: Store) -> None:
     """A different row's augmentation gives different logits: the equality above means
     something."""
     images = make_real_images(store_with_teacher, ipc=3)
-    art = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8), images)
+    art = relabel(store_with_teacher, RelabelConfig(epochs=2, batch_size=8,
+                                                    rows_per_forward=1), images)
     _, rows = read_all(art)
     teacher = load_teacher(store_with_teacher.get(images.parents[0]))
     pixels, _, _ = load_image_set(images.path)
-    stack = augment.normalise(pixels, teacher.data["mean"], teacher.data["std"])
+    bank = augment.ImageBank(pixels, teacher.data["mean"], teacher.data["std"])
     row = row_from_store(rows, 0)
-    row.crop = torch.from_numpy(rows.crop[1].copy())
-    other = teacher_logits(teacher.model, stack, row, torch.device("cpu"))
+    same = teacher_logits(teacher.model, bank, row, torch.device("cpu"))
+    assert np.array_equal(_encode(same, "float16"), rows.logits[0])
+    row.crop = torch.from_numpy(rows.crop[1].astype(np.int32))
+    other = teacher_logits(teacher.model, bank, row, torch.device("cpu"))
     assert not np.array_equal(_encode(other, "float16"), rows.logits[0])
 
 
@@ -178,32 +192,33 @@ def test_interrupted_relabel_resumes_to_the_same_store(store_with_teacher: Store
     images = make_real_images(store_with_teacher, ipc=3)
     twin = Store(tmp_path / "twin")
     shutil.copytree(store_with_teacher.objects, twin.objects)
-    config = RelabelConfig(epochs=6, batch_size=8, rows_per_chunk=5)  # chunks cross epochs
+    # shards of 5 rows cross epochs (4 rows each) and forwards of K = 4 rows cross shards
+    config = RelabelConfig(epochs=6, batch_size=8, rows_per_chunk=5, rows_per_shard=5)
     with pytest.raises(KeyboardInterrupt):
         relabel(store_with_teacher, config, images, reporter=_Interrupt(after=13))
     assert not store_with_teacher.list("labels")  # nothing promoted
     staging = store_with_teacher.staging / store_with_teacher.artifact_id(
         "labels", _config_dict(config), [images.id, images.parents[0]])
-    progress = json.loads((staging / PROGRESS_FILE).read_text())
-    assert progress["rows_done"] == 10  # two complete chunks of 5
+    done = sorted(p.name for p in (staging / DONE_DIR).iterdir())
+    assert done == ["0.done", "1.done"]  # two complete shards of 5
     resumer = _Interrupt(after=10**9)
     resumed = relabel(store_with_teacher, config, images, reporter=resumer)
-    assert resumer.logs == ["resuming relabel at row 10 of 24"]
-    assert resumer.seen == 24  # 10 already done + 14 new
+    assert resumer.logs == ["resuming relabel: 2 of 5 shards already written"]
+    assert resumer.seen == 14  # 10 already done, 14 new
     whole = relabel(twin, config, twin.get(images.id))
     assert resumed.id == whole.id
     _, a = read_all(resumed)
     _, b = read_all(whole)
     for name in SCHEMA:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    assert not (resumed.path / PROGRESS_FILE).exists()
+    assert not (resumed.path / DONE_DIR).exists()
     store_with_teacher.verify(resumed)
 
 
 def _config_dict(config: RelabelConfig) -> dict:
     from dataclasses import asdict
 
-    return asdict(config)
+    return asdict(config.resolved(torch.device("cpu")))  # the identity records fp32
 
 
 @pytest.mark.slow
@@ -211,7 +226,7 @@ def test_sigkilled_relabel_resumes(store_with_teacher: Store, tmp_path: Path) ->
     """The real command killed with SIGKILL mid-run, then rerun: equal to an uninterrupted run."""
     make_real_images(store_with_teacher, ipc=3)
     args = ["relabel", "--ipc", "3", "--epochs", "150", "--batch-size", "8",
-            "--rows-per-chunk", "16"]
+            "--rows-per-chunk", "16", "--rows-per-shard", "16"]
     twin = tmp_path / "twin"
     shutil.copytree(store_with_teacher.objects, twin / "objects")
     cmd = [sys.executable, "-m", "lpld_cli", *args, "--store", str(store_with_teacher.root)]
@@ -221,8 +236,8 @@ def test_sigkilled_relabel_resumes(store_with_teacher: Store, tmp_path: Path) ->
 
     deadline = time.time() + 120
     while time.time() < deadline:
-        files = list(staging.glob(f"*/{PROGRESS_FILE}")) if staging.exists() else []
-        if files and json.loads(files[0].read_text())["rows_done"] >= 64:
+        files = list(staging.glob(f"*/{DONE_DIR}/*.done")) if staging.exists() else []
+        if len(files) >= 4:
             break
         time.sleep(0.05)
     proc.kill()

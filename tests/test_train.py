@@ -61,8 +61,8 @@ def test_student_input_is_the_batch_the_teacher_labelled(pipeline: dict,
     seen: list[tuple[augment.Row, torch.Tensor]] = []
     real_batch = train_module.student_batch
 
-    def recording(x_all, row, size=None):
-        x = real_batch(x_all, row, size)
+    def recording(x_all, row, size=None, contract=2):
+        x = real_batch(x_all, row, size, contract)
         seen.append((row, x.clone()))
         return x
 
@@ -83,16 +83,22 @@ def test_student_input_is_the_batch_the_teacher_labelled(pipeline: dict,
 
     teacher = load_teacher(pipeline["teacher"])
     pixels, _, _ = load_image_set(images.path)
-    stack = augment.normalise(pixels, teacher.data["mean"], teacher.data["std"])
+    bank = augment.ImageBank(pixels, teacher.data["mean"], teacher.data["std"])
+    k = pool.attrs["rows_per_forward"]
     for row, x in seen:
         index = keys.get(_row_key(row))
         assert index is not None, "a trained row is not in the label pool"
-        assert int(pool_rows.batch_id[index]) not in dropped
-        # the same tensor relabel fed the teacher ...
-        assert torch.equal(x, augment.replay(stack, row))
+        r = int(pool_rows.batch_id[index])
+        assert r not in dropped
+        # the same tensor relabel fed the teacher: block r mod K of its forward of K rows
+        group: list = [None] * k
+        group[r % k] = row
+        fed = augment.replay_rows(bank, group)[(r % k) * 16:(r % k) * 16 + row.valid]
+        assert torch.equal(x, fed)
         # ... and the stored logits are the teacher's on it (up to float16 storage)
         stored = decode_logits(pool_rows.logits[index], "float16")[:row.valid]
-        fresh = teacher_logits(teacher.model, stack, row, torch.device("cpu"))[:row.valid]
+        fresh = teacher_logits(teacher.model, bank, row, torch.device("cpu"),
+                               rows_per_forward=k, block=r % k)[:row.valid]
         torch.testing.assert_close(stored, fresh.to(torch.float16).float(), rtol=0, atol=0)
         assert torch.allclose(teacher.model(x), stored, atol=5e-2)
     assert student.metrics["label_rows"] == 4

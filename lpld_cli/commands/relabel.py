@@ -10,6 +10,7 @@ from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
+from lpld_cli.prune import parse_ratio
 from lpld_cli.relabel import RelabelConfig, relabel
 
 
@@ -43,6 +44,19 @@ def command(
     rows_per_chunk: Annotated[int | None, typer.Option(
         help="Stored batches per Zarr chunk [default: ~4 MB of logits per chunk].",
         show_default=False)] = None,
+    rows_per_shard: Annotated[int | None, typer.Option(
+        help="Stored batches per shard file, a multiple of --rows-per-chunk: the unit of "
+             "work and of resume [default: ~256 MB per file, at most 512 files per array].",
+        show_default=False)] = None,
+    rows_per_forward: Annotated[int, typer.Option(
+        help="Stored batches per teacher forward (part of the artifact's identity: the "
+             "forward's shape can change the logits' last bits).")] = 4,
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 | bf16 | fp16: the teacher's autocast (part of the identity) "
+             "[default: fp32 on CPU, bf16 on CUDA].", show_default=False)] = None,
+    keep: Annotated[str, typer.Option(
+        help="Label only the rows `lpld prune --ratio N` (random, batch granularity, same "
+             "--seed) would keep: the same store, N times cheaper (e.g. 40x).")] = "1x",
     threads: Annotated[int, typer.Option(
         help="Torch CPU threads (0: torch's default); one is fastest for small batches.")
     ] = 1,
@@ -53,18 +67,22 @@ def command(
         raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
     if threads < 0:
         raise ConfigError(f"--threads must be 0 or more (got {threads})")
+    keep_ratio = parse_ratio(keep, "--keep")
     # Explicit values are checked before looking anything up in the store.
-    RelabelConfig(epochs=1 if epochs is None else epochs,
-                  batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
-                  logits_dtype=logits_dtype, codec=codec,
-                  rows_per_chunk=rows_per_chunk).validate()
+    options = {"logits_dtype": logits_dtype, "codec": codec, "rows_per_chunk": rows_per_chunk,
+               "rows_per_shard": rows_per_shard, "rows_per_forward": rows_per_forward,
+               "precision": precision, "keep": keep_ratio}
+    check = RelabelConfig(epochs=1 if epochs is None else epochs,
+                          batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
+                          **options)
+    check.validate()
+    check.resolved(common.device)  # a precision this device cannot run
     images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
     preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
     config = RelabelConfig(
         epochs=preset.relabel_epochs if epochs is None else epochs,
         batch_size=preset.relabel_batch_size if batch_size is None else batch_size,
-        mix=mix or preset.mix, logits_dtype=logits_dtype, codec=codec,
-        rows_per_chunk=rows_per_chunk, seed=common.seed)
+        mix=mix or preset.mix, seed=common.seed, **options)
     config.validate()
     teacher_artifact = common.store.get(teacher, kind="teacher") if teacher else None
     with RichReporter() as reporter:
@@ -75,6 +93,7 @@ def command(
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("relabel", artifact, m), common.json,
          f"labels {artifact.id}\n  {m['rows']} rows ({m['epochs']} epochs x "
-         f"{m['batches_per_epoch']} batches), {m.get('rows_per_s', 0):.1f} rows/s\n"
+         f"{m['batches_per_epoch']} batches), {m.get('rows_per_s', 0):.1f} rows/s, "
+         f"{m.get('files', 0)} files\n"
          f"  {m['logical_bytes']:,} logical bytes, {m['disk_bytes']:,} on disk\n"
          f"  {artifact.path}")

@@ -11,36 +11,69 @@ the network.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 
-from lpld_cli.data.augment import Row
+from lpld_cli.data.augment import Row, crop_pixels
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.labels import LabelRows, LabelStore, decode_logits
+from lpld_cli.storage.labels import LabelRows, LabelStore
 from lpld_cli.storage.store import Artifact
+
+
+def row_from_store(rows: LabelRows, i: int, image_size: int | None = None) -> Row:
+    """Stored row `i` of a block as an `augment.Row`, ready for replay.
+
+    v2 stores hold crop boxes as integer pixels; a v1 store's float32 fractions are
+    turned back into the pixels they came from (`image_size` needed).
+    """
+    crop = np.asarray(rows.crop[i])
+    if crop.dtype.kind == "f":
+        if image_size is None:
+            raise ValueError("a v1 row's crop fractions need the image size")
+        pixels = crop_pixels(torch.from_numpy(crop.astype(np.float32)), image_size)
+    else:
+        pixels = torch.from_numpy(crop.astype(np.int32))
+    return Row(image_index=torch.from_numpy(np.asarray(rows.image_index[i]).astype(np.int32)),
+               crop=pixels,
+               flip=torch.from_numpy(np.asarray(rows.flip[i]).astype(np.bool_)),
+               mix_index=torch.from_numpy(np.asarray(rows.mix_index[i]).astype(np.int32)),
+               mix_lambda=float(rows.mix_lambda[i]),
+               mix_box=torch.from_numpy(np.asarray(rows.mix_box[i]).astype(np.int32)))
+
+
+def keep_count(total: int, ratio: float) -> int:
+    """⌊total / ratio⌋, at least one (exact for decimal ratios such as 2.5)."""
+    return max(1, math.floor(Fraction(total) / Fraction(repr(float(ratio)))))
+
+
+def choose_random(units: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Random pool selection (paper's 1st random process): n of `units` candidates,
+    without replacement, ascending."""
+    return np.sort(rng.choice(units, size=min(n, units), replace=False))
+
+
+def random_pool_rows(complete: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """The rows random batch-level pruning keeps (ascending), given which rows are complete:
+    what `prune --metric random --granularity batch --seed S` picks, computable before any
+    row is labelled (relabel --keep)."""
+    candidates = np.flatnonzero(complete)
+    n = keep_count(len(complete), ratio)
+    return candidates[choose_random(len(candidates), n, np.random.default_rng(seed))]
 
 
 # How training epochs draw rows: "batch" (improved label pool: NB rows uniformly with
 # replacement), "epoch" (one stored epoch at random), "sequential" (an unpruned store:
 # training epoch e replays stored epoch e mod E, as the authors' full-label training does).
-def row_from_store(rows: LabelRows, i: int) -> Row:
-    """Stored row `i` of a block as an `augment.Row`, ready for `augment.replay`."""
-    return Row(image_index=torch.from_numpy(np.array(rows.image_index[i], dtype=np.int32)),
-               crop=torch.from_numpy(np.array(rows.crop[i], dtype=np.float32)),
-               flip=torch.from_numpy(np.array(rows.flip[i], dtype=np.bool_)),
-               mix_index=torch.from_numpy(np.array(rows.mix_index[i], dtype=np.int32)),
-               mix_lambda=float(rows.mix_lambda[i]),
-               mix_box=torch.from_numpy(np.array(rows.mix_box[i], dtype=np.int32)))
-
-
 ORDERS = ("batch", "epoch", "sequential")
 # Decoded chunks kept in memory: a whole Fashion-MNIST or pruned ImageNet pool fits.
 CACHE_BYTES = 1 << 30
@@ -82,6 +115,7 @@ class LabelPool:
         self.images_id = attrs["images_id"]
         self.teacher_id = attrs.get("teacher_id")
         self.logits_dtype = attrs.get("logits_dtype", "float16")
+        self.replay = store.replay  # the replay contract the rows were labelled under
         granularity = attrs.get("granularity")
         self.order = granularity if granularity in ("batch", "epoch") else "sequential"
         self.batch_id = np.asarray(store.arrays["batch_id"][:], dtype=np.int64)
@@ -106,7 +140,7 @@ class LabelPool:
             return self._cache[k]
         chunk = self.store.rows_per_chunk
         rows = self.store.read(k * chunk, min((k + 1) * chunk, self.rows))
-        logits = decode_logits(rows.logits, self.logits_dtype)
+        logits = self.store.logits(rows)
         size = logits.numel() * 4 + rows.crop.nbytes + rows.image_index.nbytes
         self._cache[k] = (rows, logits)
         self._cache_bytes += size
@@ -123,7 +157,7 @@ class LabelPool:
         chunk = self.store.rows_per_chunk
         rows, logits = self._chunk(row_id // chunk)
         j = row_id % chunk
-        return row_from_store(rows, j), logits[j]
+        return row_from_store(rows, j, self.image_size), logits[j]
 
 
 class RowSampler:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lpld_cli.data.augment import Row, replay
-from lpld_cli.device import autocast
+from lpld_cli.data.augment import ImageBank, Row, Slots, replay_slots
+from lpld_cli.device import precision_autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import ClassStats, bn_layers
 from lpld_cli.models.factory import build_model
@@ -79,20 +80,41 @@ def load_teacher(artifact: Artifact, device: torch.device | str = "cpu") -> Teac
     return Teacher(model, spec, data, stats or None, artifact.id)
 
 
-@torch.no_grad()
-def teacher_logits(model: torch.nn.Module, images: torch.Tensor, row: Row,
-                   device: torch.device) -> torch.Tensor:
-    """The teacher's float32 logits [B, C] for a row's augmented batch (zeros in empty slots).
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+                   precision: str = "fp32") -> torch.Tensor:
+    """The teacher's float32 logits for a batch: inference mode, autocast at `precision`,
+    channels_last on CUDA (the layout its convolutions run fastest in)."""
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), precision_autocast(device, precision):
+        return model(x).float()
+
+
+def group_logits(model: torch.nn.Module, bank: ImageBank, rows: Sequence[Row | None],
+                 batch_size: int, device: torch.device, precision: str = "fp32"
+                 ) -> torch.Tensor:
+    """Replay contract v2: one forward of a group of rows, block i = rows[i] (None: an
+    empty block), always [len(rows)·B, C] so the forward's shape is fixed; empty slots 0.
+
+    A row's logits depend on the group's shape and its block, never on the other
+    blocks' content (eval mode: no statistic crosses samples): what lets relabel --keep,
+    a resumed run or another rank recompute any row with the same bits.
+    """
+    slots = Slots.of(rows, batch_size)
+    out = forward_logits(model, replay_slots(bank, slots), device, precision)
+    return out.masked_fill((slots.image_index < 0).to(out.device).unsqueeze(1), 0.0)
+
+
+def teacher_logits(model: torch.nn.Module, bank: ImageBank, row: Row, device: torch.device,
+                   precision: str = "fp32", rows_per_forward: int = 1, block: int = 0
+                   ) -> torch.Tensor:
+    """The teacher's float32 logits [B, C] for one v2 row (zeros in empty slots), computed
+    as relabel does: at `block` of a forward of `rows_per_forward` rows.
 
     Train calls this too (online labels, the replay check), so both sides run the
     teacher the same way.
     """
-    x = replay(images, row)
-    with autocast(device):
-        out = model(x).float()
     b = len(row.image_index)
-    if out.shape[0] == b:
-        return out
-    padded = torch.zeros(b, out.shape[1], dtype=out.dtype, device=out.device)
-    padded[:out.shape[0]] = out
-    return padded
+    group: list[Row | None] = [None] * rows_per_forward
+    group[block] = row
+    return group_logits(model, bank, group, b, device, precision)[block * b:(block + 1) * b]

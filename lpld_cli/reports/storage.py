@@ -7,7 +7,7 @@ Beside them: the label-to-image ratio (paper Table 24) and the size the authors'
 layout — one `torch.save` file per batch — would take for the same content.
 
 `plan_row` projects a full-scale run from the same byte layout relabel writes
-(`labels.SCHEMA`), without running anything.
+(`labels.Layout`: array types, chunks, shards, file count), without running anything.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli.data.augment import CONTRACT
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.labels import COMPONENTS, GROUP, LOGITS_DTYPES, SCHEMA, LabelStore
+from lpld_cli.storage.labels import COMPONENTS, GROUP, LOGITS_DTYPES, LabelStore, Layout
 from lpld_cli.storage.store import Artifact, Store
 
 # Classes of each dataset, for --plan (a plan reads no data).
@@ -31,8 +32,6 @@ PLAN_CLASSES = {"fashion-mnist": 10, "mnist": 10, "tiny-imagenet": 200, "imagene
                 "imagenet-21k-p": 10450}
 # A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
 FS_BLOCK = 4096
-# Our logits dtype names and the bytes of one logit.
-_LOGIT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 # ------------------------------------------------------------------ the authors' layout
@@ -76,10 +75,9 @@ def _folder_bytes(folder: Path) -> int:
     return int(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
 
 
-def _array_logical(name: str, rows: int, batch: int, classes: int, logits_dtype: str) -> int:
-    dtype, trailing, _dims = SCHEMA[name]
-    itemsize = _LOGIT_BYTES[logits_dtype] if name == "logits" else np.dtype(dtype).itemsize
-    return int(rows * math.prod(trailing(batch, classes)) * itemsize)
+def _array_logical(layout: Layout, name: str) -> int:
+    spec = layout.specs()[name]
+    return int(layout.rows * math.prod(spec.trailing) * np.dtype(spec.dtype).itemsize)
 
 
 def image_bytes(artifact: Artifact) -> int:
@@ -113,7 +111,7 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     components = {}
     for component, arrays in COMPONENTS.items():
         components[component] = {
-            "logical_bytes": sum(_array_logical(a, rows, batch, classes, dtype) for a in arrays),
+            "logical_bytes": sum(_array_logical(labels.layout, a) for a in arrays),
             "disk_bytes": sum(_folder_bytes(group / a) for a in arrays)}
     logical = sum(c["logical_bytes"] for c in components.values())
     disk = _folder_bytes(group)  # components plus the group's own metadata
@@ -125,7 +123,7 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
            "ipc": sel.get("ipc"), "ratio": sel.get("ratio"), "rows": rows,
            "batch_size": batch, "num_classes": classes, "logits_dtype": dtype,
            "components": components, "logical_bytes": logical, "disk_bytes": disk,
-           "image_bytes": img_bytes,
+           "files": labels.files(), "image_bytes": img_bytes,
            "label_to_image": round(disk / img_bytes, 4) if img_bytes else None}
     epochs, num_images = attrs.get("epochs"), attrs.get("num_images")
     if epochs and num_images and rows == epochs * attrs.get("batches_per_epoch", 0):
@@ -168,9 +166,11 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
     num_images = ipc * classes
     batches_per_epoch = math.ceil(num_images / batch)
     rows = epochs * batches_per_epoch
+    zarr_layout = Layout(rows, batch, classes, logits_dtype, replay=CONTRACT,
+                         num_images=num_images, image_size=preset.image_size)
     components = {}
     for component, arrays in COMPONENTS.items():
-        logical = sum(_array_logical(a, rows, batch, classes, logits_dtype) for a in arrays)
+        logical = sum(_array_logical(zarr_layout, a) for a in arrays)
         components[component] = {"logical_bytes": logical, "disk_bytes": logical}
     logical = sum(c["logical_bytes"] for c in components.values())
     per_image = image_bytes_per_image or preset.image_size ** 2 * preset.channels
@@ -181,7 +181,7 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
             "epochs": epochs, "rows": rows, "batches_per_epoch": batches_per_epoch,
             "batch_size": batch, "num_classes": classes, "logits_dtype": logits_dtype,
             "components": components, "logical_bytes": logical, "disk_bytes": logical,
-            "disk_estimate": "uncompressed", "image_bytes": img,
+            "files": zarr_layout.files(), "disk_estimate": "uncompressed", "image_bytes": img,
             "image_bytes_per_image": per_image,
             "label_to_image": round(logical / img, 4),
             "torch_save_bytes": layout["bytes"], "torch_save_block_bytes": layout["block_bytes"],

@@ -72,18 +72,29 @@ def save_image_set(folder: Path, images: torch.Tensor, labels: torch.Tensor,
 
 
 def load_image_set(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """uint8 images [N, C, H, W] and labels [N], ordered by (class, k); and the class names."""
+    """uint8 images [N, C, H, W] and labels [N], ordered by (class, k); and the class names.
+
+    Decoded straight into one preallocated tensor: peak memory is the uint8 set itself.
+    """
     class_names = json.loads((folder / CLASSES_FILE).read_text())
-    images, labels = [], []
+    paths, labels = [], []
     for c in range(len(class_names)):
-        for path in sorted(class_dir(folder, c).glob("*.png")):
-            with Image.open(path) as img:
-                array = np.asarray(img)
-            if array.ndim == 2:
-                array = array[:, :, None]
-            images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-            labels.append(c)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), class_names
+        found = sorted(class_dir(folder, c).glob("*.png"))
+        paths += found
+        labels += [c] * len(found)
+    images: torch.Tensor | None = None
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            array = np.asarray(img)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if images is None:
+            h, w, ch = array.shape
+            images = torch.empty((len(paths), ch, h, w), dtype=torch.uint8)
+        images[i] = torch.from_numpy(array).permute(2, 0, 1)
+    if images is None:
+        raise ValueError(f"no images under {folder}")
+    return images, torch.tensor(labels, dtype=torch.int64), class_names
 
 
 def image_labels(folder: Path) -> torch.Tensor:

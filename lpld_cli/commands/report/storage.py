@@ -88,6 +88,7 @@ def human(rows: list[dict[str, Any]]) -> str:
                        f"{gb(c['disk_bytes']):>24}")
         out.append(f"  {'total':<16} {gb(row['logical_bytes']):>12} "
                    f"{gb(row['disk_bytes']):>24}")
+        out.append(f"  {row['files']:,} files in the Zarr store")
         ratio = row.get("label_to_image")
         per = (f" (estimate: {row['image_bytes_per_image']:,} bytes/image)"
                if "image_bytes_per_image" in row else " (PNG)")
