@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli import stage_module
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import image_labels
@@ -422,3 +423,6 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
 
     return store.produce("labels", config.to_dict(), [parent.id], build, force=force,
                          selectors=selectors)
+
+
+stage_module(__name__)  # `lpld_cli.prune(...)` calls prune() above

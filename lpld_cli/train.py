@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
+from lpld_cli import stage_module
 from lpld_cli.data.augment import MIXES, Row, epoch_rows, normalise, replay
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.data.label_pool import LabelPool, Prefetcher
@@ -417,3 +418,6 @@ def image_teacher(store: Store, images: Artifact) -> Artifact:
             return store.get(ref, kind="teacher")
     raise ArtifactNotFoundError(f"the teacher of images {images.short} is not in store "
                                 f"{store.root}", "make one with `lpld squeeze`")
+
+
+stage_module(__name__)  # `lpld_cli.train(...)` calls train() above
