@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
@@ -40,6 +39,7 @@ from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Staging, Store
+from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
 LOSSES = ("kl", "mse-gt")
@@ -304,8 +304,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
 
     scores = evaluate(model, data, device)
     history[-1].update(scores)
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state_dict, str(staging.path / "weights.safetensors"))
+    save_weights(staging.path / "weights.safetensors", model)
     (staging.path / "model.json").write_text(json.dumps(spec, indent=2))
     (staging.path / "metrics.jsonl").write_text(
         "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
