@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli import stage_module
 from lpld_cli.data import augment
 from lpld_cli.data.label_pool import random_pool_rows
 from lpld_cli.device import PRECISIONS, check_precision, default_precision
@@ -492,3 +493,6 @@ class ShardWriter:
         """Stop after the shards already queued (they are complete), then return."""
         self.queue.put(None)
         self.thread.join()
+
+
+stage_module(__name__)  # `lpld_cli.relabel(...)` calls relabel() above

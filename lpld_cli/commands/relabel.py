@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
-from lpld_cli.prune import parse_ratio
 from lpld_cli.relabel import RelabelConfig, relabel
 
 

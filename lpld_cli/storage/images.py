@@ -85,7 +85,7 @@ def load_image_set(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]
     images: torch.Tensor | None = None
     for i, path in enumerate(paths):
         with Image.open(path) as img:
-            array = np.asarray(img)
+            array = np.array(img)  # writable: torch shares it
         if array.ndim == 2:
             array = array[:, :, None]
         if images is None:
