@@ -232,6 +232,15 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def publish(out: Path, name: str, result: dict[str, Any], started: float) -> int:
+    """Write `out/name` and regenerate RESULTS.md from every results JSON; exit code 0."""
+    path = out / name
+    write_json(path, result)
+    target = regenerate_results(out)
+    log(f"wrote {path} and {target} in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

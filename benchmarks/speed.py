@@ -35,8 +35,7 @@ from benchmarks._common import (  # noqa: E402
     base_parser,
     device_info,
     log,
-    regenerate_results,
-    write_json,
+    publish,
 )
 from benchmarks.reproduce import settings  # noqa: E402
 
@@ -67,23 +66,17 @@ def peak_rss_mb(task: dict[str, Any]) -> tuple[float, dict[str, Any]]:
 
 
 def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
-           target: float | None = None, note: str = "") -> dict[str, Any]:
+           target: float | None = None, note: str = "", above: bool = True) -> dict[str, Any]:
+    """One A-vs-B figure; `target` is a floor on A / B (a ceiling when not `above`)."""
     ratio = a / b if b else float("nan")
     out = {"what": what, "a_label": a_label, "a": a, "b_label": b_label, "b": b,
            "unit": unit, "ratio": ratio, "note": note}
     if target is not None:
-        out["target"] = target
-        out["meets_target"] = bool(ratio >= target)
-        out["note"] = (f"target ≥ {target:g}×: {'met' if ratio >= target else 'MISSED'}"
-                       + (f"; {note}" if note else ""))
+        met = ratio >= target if above else ratio <= target
+        out.update(target=target, meets_target=bool(met),
+                   note=f"target {'≥' if above else '≤'} {target:.3g}×: "
+                        f"{'met' if met else 'MISSED'}" + (f"; {note}" if note else ""))
     return out
-
-
-def synchronize(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,15 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lpld_cli.data import augment
-    from lpld_cli.data.augment import epoch_rows
-    from lpld_cli.device import autocast, resolve_device
-    from lpld_cli.models.teacher import load_teacher
+    from benchmarks.relabel_speed import forward_rate
+    from lpld_cli.device import resolve_device
     from lpld_cli.recover import RecoverConfig, recover
     from lpld_cli.relabel import RelabelConfig, relabel
     from lpld_cli.reports.storage import label_row
     from lpld_cli.squeeze import SqueezeConfig, squeeze
-    from lpld_cli.storage.images import load_image_set
     from lpld_cli.storage.store import Store
     from lpld_cli.train import TrainConfig, train
 
@@ -164,42 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
 
         # -- relabel: rows/s vs a pure teacher forward over the same augmented batches
-        rl = relabel(scratch, RelabelConfig(epochs=relabel_epochs, seed=0), images_s,
-                     device=device, force=True, threads=args.threads)
-        rl_rate = rl.metrics["rows_per_s"]
-        net = load_teacher(teacher_s, device)
-        pixels, _, _ = load_image_set(images_s.path)
-        stack = augment.normalise(pixels, net.data["mean"], net.data["std"]).to(device)
-        # Profile of relabel's own per-row work, each part timed alone: drawing the rows
-        # (host), replaying them (device), then the forward below.
-        t0 = time.perf_counter()
-        rows = [row for e in range(relabel_epochs)
-                for row in epoch_rows(len(pixels), 50, int(pixels.shape[-1]), "cutmix", 0, e)]
-        draw_ms = 1000 * (time.perf_counter() - t0) / len(rows)
-        synchronize(device)
-        t0 = time.perf_counter()
-        batches = [augment.replay(stack, row) for row in rows]
-        synchronize(device)
-        replay_ms = 1000 * (time.perf_counter() - t0) / len(rows)
-        with torch.no_grad():
-            for x in batches[:5]:  # warm-up
-                net.model(x)
-            synchronize(device)
-            t0 = time.perf_counter()
-            for x in batches:
-                with autocast(device):
-                    out = net.model(x).float()
-            synchronize(device)
-            del out
-            fwd_rate = len(batches) / (time.perf_counter() - t0)
-        profile = {"relabel": 1000 / rl_rate, "draw": draw_ms, "replay": replay_ms,
-                   "forward": 1000 / fwd_rate}
+        # (the same groups of K rows; benchmarks/relabel_speed.py also at ImageNet shape)
+        rl_config = RelabelConfig(epochs=relabel_epochs, seed=0)
+        rl = relabel(scratch, rl_config, images_s, device=device, force=True,
+                     threads=args.threads)
+        rl_rate = rl.metrics["rows_labelled"] / rl.metrics["seconds"]
+        fwd_rate = forward_rate(scratch, teacher_s, images_s, rl_config.resolved(device), device)
         figures["relabel"] = figure(
-            f"relabel rows/s ({len(batches)} rows of 50, E={relabel_epochs})", "relabel",
-            rl_rate, "teacher forward only", fwd_rate, "rows/s", target=0.8,
-            note="per row: relabel {relabel:.2f} ms = draw {draw:.2f} (host) + replay "
-                 "{replay:.2f} + forward {forward:.2f} + encode/write".format(**profile))
-        figures["relabel"]["ms_per_row"] = profile
+            f"relabel rows/s ({rl.metrics['rows']} rows of 50, E={relabel_epochs}, "
+            f"K={rl_config.rows_per_forward})", "relabel", rl_rate, "teacher forward only",
+            fwd_rate, "rows/s", target=0.8)
         log(f"relabel {rl_rate:.1f} rows/s, forward {fwd_rate:.1f} rows/s")
 
         # -- train: stored vs hard vs online labels
@@ -291,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "relabel_epochs": relabel_epochs,
                                     "train_epochs": train_epochs}},
               "figures": figures, "train": steps, "notes": notes}
-    path = args.out / f"speed-{tag}.json"
-    write_json(path, result)
-    target = regenerate_results(args.out)
-    log(f"wrote {path} and {target} in {time.perf_counter() - started:.0f}s")
-    return 0
+    return publish(args.out, f"speed-{tag}.json", result, started)
 
 
 if __name__ == "__main__":

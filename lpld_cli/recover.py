@@ -358,8 +358,7 @@ def _save_real(config: RecoverConfig, folder, data_root: str | None, num_classes
                done: set[int]) -> int:
     """`--method real`: `ipc` seeded random training images per class, as they are."""
     data = load_dataset(config.dataset, data_root)
-    images, labels = data.sample_train_images(config.ipc, config.seed)
-    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
+    pixels, labels = data.sample_train_images(config.ipc, config.seed)
     todo = [c for c in range(num_classes) if c not in done]
     for c in todo:
         save_class(folder, c, pixels[labels == c])

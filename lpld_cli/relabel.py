@@ -101,6 +101,11 @@ class RelabelConfig:
             raise ConfigError(f"--rows-per-chunk must be at least 1 (got {self.rows_per_chunk})")
         if self.rows_per_shard is not None and self.rows_per_shard < 1:
             raise ConfigError(f"--rows-per-shard must be at least 1 (got {self.rows_per_shard})")
+        chunk, shard = self.rows_per_chunk, self.rows_per_shard
+        if chunk and shard and shard % chunk:
+            raise ConfigError(f"--rows-per-shard {self.rows_per_shard} is not a multiple of "
+                              f"--rows-per-chunk {self.rows_per_chunk}",
+                              "a shard file holds whole chunks")
         if self.rows_per_forward < 1:
             raise ConfigError(f"--rows-per-forward must be at least 1 (got "
                               f"{self.rows_per_forward})", "stored batches per teacher forward")

@@ -54,7 +54,7 @@ def make_real_images(store: Store, ipc: int = 3, seed: int = 0) -> Artifact:
 
     def build(staging) -> dict:
         x, y = data.sample_train_images(ipc, seed)
-        save_image_set(staging.path, (x * 255).round().to(torch.uint8), y, data.class_names)
+        save_image_set(staging.path, x, y, data.class_names)
         return {"images": len(y), "classes": data.num_classes}
 
     return store.produce("images", {"real": ipc, "seed": seed}, [teacher.id], build,

@@ -302,6 +302,13 @@ def test_config_errors(field: str, value, text: str) -> None:
     (["--logits-dtype", "int8"], "Error: unknown --logits-dtype 'int8'"),
     (["--codec", "bz2"], "Error: unknown --codec 'bz2'"),
     (["--ipc", "7"], "`lpld recover`"),
+    (["--keep", "0.5x"], "Error: --keep must be at least 1x (got '0.5x')"),
+    (["--keep", "forty"], "Error: --keep 'forty' is not a number like 40x"),
+    (["--rows-per-forward", "0"], "Error: --rows-per-forward must be at least 1 (got 0)"),
+    (["--precision", "fp8"], "Error: unknown --precision 'fp8'"),
+    (["--rows-per-shard", "0"], "Error: --rows-per-shard must be at least 1 (got 0)"),
+    (["--rows-per-chunk", "4", "--rows-per-shard", "6"],
+     "Error: --rows-per-shard 6 is not a multiple of --rows-per-chunk 4"),
 ])
 def test_cli_errors(tmp_path: Path, args: list[str], text: str) -> None:
     result = CliRunner().invoke(app, ["relabel", *args, "--store", str(tmp_path / "empty")])

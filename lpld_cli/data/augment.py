@@ -203,10 +203,13 @@ class ImageBank:
         device = torch.device(device)
         self.device = device
         self.mean, self.std = list(mean), list(std)
+        self.copies = None  # CUDA side stream of the host→device copies (host-held sets)
         if device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(device)
             on_device = pixels.numel() < free // 2
             pixels = pixels.to(device) if on_device else pixels.pin_memory()
+            if not on_device:
+                self.copies = torch.cuda.Stream(device)
         self.pixels = pixels
 
     def __len__(self) -> int:
@@ -219,10 +222,15 @@ class ImageBank:
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """Normalised float32 images [n, C, H, W] on the device (index −1: image 0)."""
         index = index.to(torch.long).clamp(min=0)
-        if self.pixels.device != self.device:
-            batch = self.pixels[index]
-            if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if self.copies is not None:  # pinned host gather, copied on the side stream
+            host = self.pixels[index].pin_memory()
+            with torch.cuda.stream(self.copies):
+                batch = host.to(self.device, non_blocking=True)
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.copies)
+            batch.record_stream(current)
+        elif self.pixels.device != self.device:
+            batch = self.pixels[index].to(self.device)
         else:
             batch = self.pixels[index.to(self.pixels.device)]
         return normalise(batch, self.mean, self.std)

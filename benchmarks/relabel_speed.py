@@ -1,0 +1,197 @@
+"""Relabel throughput at ImageNet shape without ImageNet, beside a pure teacher forward.
+
+    python benchmarks/relabel_speed.py [--quick] [--device auto|cpu|cuda] [--threads 1]
+
+Two shapes, each on a synthetic image set (random uint8 pixels) and a teacher with
+seeded random weights (`benchmarks/synthetic.py`: throughput does not depend on content):
+- ResNet-18 at 224 px, 1,000 classes x 2 images (ImageNet-1K's geometry);
+- the Fashion-MNIST ConvNet (width 64, depth 3) at 28 px, 10 classes x 100 images.
+
+For each: `relabel` rows/s (its own `seconds`: drawing, replay, forwards, encode and
+write; run in a subprocess whose peak RSS is read) vs a pure teacher forward over the
+very same augmented batches (the same groups of K rows, pixels prepared beforehand,
+only `model(x)` timed), and the uint8 set size beside the peak RSS. On the ConvNet also
+`--keep 40x` vs the full relabel (compute seconds of each, same K).
+
+Writes `results/speed-relabel-<device>[-quick].json`; RESULTS.md renders it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (  # noqa: E402
+    ROOT,
+    base_parser,
+    device_info,
+    log,
+    publish,
+)
+
+# One relabel in a child process: prints its metrics and peak RSS (KiB).
+_CHILD = """
+import json, resource, sys, torch
+from lpld_cli.device import resolve_device
+from lpld_cli.relabel import RelabelConfig, relabel
+from lpld_cli.storage.store import Store
+store, images, config, device, threads = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), \\
+    sys.argv[4], int(sys.argv[5])
+device = resolve_device(device)
+torch.set_num_threads(threads)
+store = Store(store)
+art = relabel(store, RelabelConfig(**config), store.get(images), device=device, force=True,
+              threads=threads)
+peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+print(json.dumps({"metrics": art.metrics, "rss_kb":
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "device_bytes": peak}))
+"""
+
+
+def run_relabel(store: Path, images: str, config: dict[str, Any], device: str,
+                threads: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store), images, json.dumps(config),
+                           device, str(threads)], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"relabel failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def forward_rate(store: Any, teacher: Any, images: Any, config: Any, device: Any) -> float:
+    """Rows/s of the teacher's forwards alone over relabel's own groups of rows."""
+    import torch
+
+    from lpld_cli.data import augment
+    from lpld_cli.models.teacher import forward_logits, load_teacher
+    from lpld_cli.relabel import Geometry, pack_groups
+    from lpld_cli.storage.images import load_image_set
+
+    net = load_teacher(teacher, device)
+    if device.type == "cuda":
+        net.model.to(memory_format=torch.channels_last)
+    pixels, _, _ = load_image_set(images.path)
+    bank = augment.ImageBank(pixels, net.data["mean"], net.data["std"], device)
+    g = Geometry(len(bank), config.batch_size, config.epochs, bank.image_size)
+    k = config.rows_per_forward
+    batches = []
+    for epoch in range(config.epochs):
+        order = augment.epoch_order(g.num_images, config.seed, epoch)
+        rows = [augment.row_at(order, b, config.batch_size, g.image_size, config.mix,
+                               config.seed, epoch) for b in range(g.batches_per_epoch)]
+        numbers = [epoch * g.batches_per_epoch + b for b in range(g.batches_per_epoch)]
+        for group in pack_groups(numbers, k):
+            blocks: list[augment.Row | None] = [None] * k
+            for block, i in group:
+                blocks[block] = rows[i]
+            batches.append(augment.replay_rows(bank, blocks))
+    for x in batches[:2]:  # warm-up
+        forward_logits(net.model, x, device, config.precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for x in batches:
+        forward_logits(net.model, x, device, config.precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return g.rows / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from benchmarks.speed import figure
+    from benchmarks.synthetic import synthetic_images, synthetic_teacher
+    from lpld_cli.device import resolve_device
+    from lpld_cli.relabel import RelabelConfig
+    from lpld_cli.storage.store import Store
+
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    shapes = {
+        "resnet18-224": {"arch": "resnet18", "classes": 1000, "size": 224, "channels": 3,
+                         "per_class": 1 if quick else 2, "batch": 16, "epochs": 1,
+                         "spec": {}},
+        "convnet-28": {"arch": "convnet", "classes": 10, "size": 28, "channels": 1,
+                       "per_class": 100, "batch": 50, "epochs": 60 if quick else 300,
+                       "spec": {"width": 64, "depth": 3}},
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="lpld-relabel-speed-"))
+    figures: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        store = Store(scratch / "store")
+        for name, s in shapes.items():
+            teacher = synthetic_teacher(store, s["arch"], s["classes"], s["size"], s["channels"],
+                                        **s["spec"])
+            images = synthetic_images(store, teacher, s["per_class"], s["classes"], s["size"],
+                                      s["channels"])
+            config = RelabelConfig(epochs=s["epochs"], batch_size=s["batch"], seed=0)
+            resolved = config.resolved(device)
+            done = run_relabel(store.root, images.id, {**config.__dict__}, args.device,
+                               args.threads)
+            m = done["metrics"]
+            rate = m["rows_labelled"] / m["seconds"]
+            fwd = forward_rate(store, teacher, images, resolved, device)
+            set_mb = s["per_class"] * s["classes"] * s["channels"] * s["size"] ** 2 / 2**20
+            log(f"{name}: relabel {rate:.2f} rows/s, forward {fwd:.2f} rows/s, peak RSS "
+                f"{done['rss_kb'] / 1024:.0f} MB (uint8 set {set_mb:.0f} MB)")
+            figures[f"relabel_{name}"] = figure(
+                f"relabel rows/s, {name} ({m['rows']} rows of {s['batch']}, K="
+                f"{resolved.rows_per_forward}, {resolved.precision})", "relabel", rate,
+                "teacher forward only", fwd, "rows/s", target=0.9,
+                note=f"peak host RSS {done['rss_kb'] / 1024:.0f} MB for a {set_mb:.0f} MB "
+                     "uint8 set (incl. torch itself)"
+                     + (f"; peak device memory {done['device_bytes'] / 2**20:.0f} MB"
+                        if done["device_bytes"] else ""))
+            figures[f"relabel_{name}"]["peak_rss_mb"] = done["rss_kb"] / 1024
+            figures[f"relabel_{name}"]["uint8_set_mb"] = set_mb
+            if name == "convnet-28":
+                kept = run_relabel(store.root, images.id, {**config.__dict__, "keep": 40.0},
+                                   args.device, args.threads)["metrics"]
+                figures["keep_40x"] = figure(
+                    f"relabel --keep 40x vs the full relabel, {name} ({kept['rows']} of "
+                    f"{m['rows']} rows)", "--keep 40x", kept["seconds"], "full relabel",
+                    m["seconds"], "s", target=1 / 30, above=False,
+                    note="compute seconds of each (labelling loop and writes, no process "
+                         "start); byte-identical to relabel + prune --ratio 40x (tested)")
+                log(f"--keep 40x: {kept['seconds']:.2f}s vs full {m['seconds']:.2f}s")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    info = device_info(device)
+    if device.type == "cpu":
+        notes.append(f"CPU timings use {args.threads} torch thread(s) on a machine whose cores "
+                     "other processes share: absolute rates are noisy, ratios taken within "
+                     "this one run less so.")
+    for key, fig in figures.items():
+        if fig.get("meets_target") is False:
+            notes.append(f"{key}: {fig['ratio']:.3f}× misses its target {fig['target']:.3g}×.")
+    tag = "relabel-" + info["type"] + ("-quick" if quick else "")
+    result = {"meta": {"quick": quick, "device": info, "threads": args.threads,
+                       "command": "python benchmarks/relabel_speed.py"
+                       + (" --quick" if quick else "")
+                       + (f" --device {args.device}" if args.device != "auto" else ""),
+                       "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "seconds": round(time.perf_counter() - started, 1)},
+              "figures": figures, "notes": notes}
+    return publish(args.out, f"speed-{tag}.json", result, started)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
