@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from lpld_cli import dist
 from lpld_cli.commands._ui import errors_to_exit
 from lpld_cli.device import resolve_device
 from lpld_cli.storage.store import Artifact, Store
@@ -29,10 +30,12 @@ class Common:
     json: bool
     force: bool
     started: float
+    # set when joined under torchrun: this rank's device (cuda:<local_rank> or cpu)
+    rank_device: torch.device | None = None
 
     @property
     def device(self) -> torch.device:
-        return resolve_device(self.device_name)
+        return self.rank_device or resolve_device(self.device_name)
 
     def result(self, command: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
         """The result object of DESIGN §2."""
@@ -70,7 +73,11 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
                         kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
         with errors_to_exit():
-            return func(common, **kwargs)
+            if dist.launched().distributed:  # torchrun: join before anything collective
+                common.rank_device, _ = dist.join(common.device_name)
+            result = func(common, **kwargs)
+            dist.leave()
+            return result
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _COMMON
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
