@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -165,6 +166,8 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
     total = config.teacher_epochs * steps_per_epoch
     net: nn.Module = model
     if w.distributed:
+        # harmless for 1-channel inputs (a [C, 1, k, k] grad's strides): not for users
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(decay_groups(model, config.weight_decay),

@@ -102,6 +102,11 @@ def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
 
 def _fail(message: str, hint: str | None) -> None:
     w = dist.world()
+    if not w.distributed and not dist.launched().main:
+        # torchrun, before joining: every rank has the same arguments and so the same
+        # error; rank 0 prints it (a moment's wait so torchrun does not stop it first).
+        time.sleep(2)
+        return
     if w.distributed:
         if dist.peer_error() is not None or not dist.claim_error(f"rank {w.rank}: {message}"):
             return  # another rank's failure: it printed the one line

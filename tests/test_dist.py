@@ -1,0 +1,104 @@
+"""Distributed runs (issue 13): N gloo ranks on CPU equal one process, byte for byte.
+
+Marked `dist` (multi-process, ~minutes in all): `pytest -m dist`, run by .ci/run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lpld_cli.models.factory import build_model, model_spec
+from lpld_cli.squeeze import SqueezeConfig
+from tests.conftest import needs_fmnist
+from tests.dist_helpers import error_lines, payload, run_ranks, spawn, torchrun, wait_all
+
+pytestmark = [pytest.mark.dist, needs_fmnist]
+
+TINY = ["--width", "8", "--depth", "2", "--train-subset", "600"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixed (random) ConvNet: squeeze --weights then runs only the statistics pass."""
+    torch.manual_seed(1)
+    model = build_model(model_spec("convnet", 10, 1, 28, 8, 2))
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _json(results) -> dict:
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    outs = [out for _, out, _ in results if out.strip()]
+    assert len(outs) == 1, "only rank 0 prints the result"
+    return json.loads(outs[0])
+
+
+def test_squeeze_class_stats_byte_equal_for_1_and_2_ranks(tmp_path: Path, weights: Path
+                                                           ) -> None:
+    made = {}
+    for n in (1, 2):
+        store = tmp_path / f"s{n}"
+        result = _json(run_ranks(n, ["squeeze", "--weights", str(weights), *TINY,
+                                     "--store", str(store), "--json"]))
+        made[n] = Path(result["artifact"]["path"])
+        assert result["metrics"]["bn_images"] == 600
+    assert made[1].name == made[2].name  # one id: the world size is not in it
+    one, two = payload(made[1]), payload(made[2])
+    assert set(one) >= {"bn_stats.safetensors", "weights.safetensors"}
+    assert one == two
+
+
+def test_ddp_teacher_names_its_world_size_and_caches(tmp_path: Path) -> None:
+    """The documented launch (torch.distributed.run); the id records 2 ranks."""
+    args = ["squeeze", *TINY, "--teacher-epochs", "1", "--batch-size", "64",
+            "--store", str(tmp_path), "--json"]
+    first = torchrun(2, args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    config = SqueezeConfig(width=8, depth=2, train_subset=600, teacher_epochs=1,
+                           batch_size=64, lr=result["config"]["lr"],
+                           weight_decay=result["config"]["weight_decay"])
+    from dataclasses import replace
+
+    from lpld_cli.storage.store import Store
+    assert result["artifact"]["id"] == Store.artifact_id(
+        "teacher", replace(config, world_size=2).identity(), [])
+    assert result["artifact"]["id"] != Store.artifact_id("teacher", config.identity(), [])
+    assert result["metrics"]["top1"] > 0.3  # it learned (10 classes: chance is 0.1)
+    again = torchrun(2, args)
+    assert again.returncode == 0 and json.loads(again.stdout)["artifact"]["cached"]
+
+
+def test_store_not_shared_is_one_clear_error(tmp_path: Path, weights: Path) -> None:
+    base = ["squeeze", "--weights", str(weights), *TINY]
+    results = wait_all(spawn([base + ["--store", str(tmp_path / "a")],
+                              base + ["--store", str(tmp_path / "b")]]))
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) == 1 and "does not see the store" in lines[0], lines
+    assert not list(tmp_path.glob("*/objects/teacher/*"))
+
+
+def test_mismatched_configs_across_ranks_is_one_clear_error(tmp_path: Path, weights: Path
+                                                            ) -> None:
+    base = ["squeeze", "--weights", str(weights), *TINY, "--store", str(tmp_path)]
+    results = wait_all(spawn([base, base + ["--seed", "1"]]))
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) == 1 and "ranks disagree" in lines[0], lines
+    assert not (tmp_path / "objects").exists() or not list(tmp_path.glob("objects/*/*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
+    results = run_ranks(2, ["squeeze", "--device", "cuda", "--store", str(tmp_path)])
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert lines == ["Error: --device cuda: no CUDA GPU is available here"]
+    assert not any("Traceback" in err for _, _, err in results)
