@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lpld_cli import dist
+from lpld_cli import dist, stage_module
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError
@@ -207,3 +207,6 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, 0)
     return seen
+
+
+stage_module(__name__)  # `lpld_cli.squeeze(...)` calls squeeze() above

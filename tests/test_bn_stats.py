@@ -100,7 +100,7 @@ def test_exact_is_the_same_bits_in_any_batch_order_and_split() -> None:
                for name, bn in layers.items()}
         labels: list[torch.Tensor] = []
         hooks = [bn.register_forward_pre_hook(
-            lambda _m, inp, a=acc[name]: a.update(inp[0], labels[-1]))
+            lambda _m, inp, a=acc[name], seen=labels: a.update(inp[0], seen[-1]))
             for name, bn in layers.items()]
         with torch.no_grad():
             for x, y in part:
