@@ -270,3 +270,24 @@ def shard(items: list, w: World | None = None) -> list:
     """This rank's items: every N-th, starting at its rank (k ≡ r mod N)."""
     w = w or world()
     return items[w.rank::w.size]
+
+
+def launch_local(argvs: list[list[str]], env: dict[str, str] | None = None,
+                 **popen: Any) -> list:
+    """Start `python -m lpld_cli argv` as rank r of len(argvs) on this machine, as torchrun
+    would (RANK, WORLD_SIZE, MASTER_ADDR/PORT): the tests and the 1-vs-N benchmark."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {k: v for k, v in (env if env is not None else os.environ).items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    n = len(argvs)
+    return [subprocess.Popen(
+        [sys.executable, "-m", "lpld_cli", *argv],
+        env=base | {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n),
+                    "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port)}, **popen)
+        for r, argv in enumerate(argvs)]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from lpld_cli.dist import launch_local
 
 BASE_ENV = {"OMP_NUM_THREADS": "1", "LPLD_DIST_HEARTBEAT_S": "10",
             "LPLD_DIST_TIMEOUT": "120"}
@@ -18,25 +19,11 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env | BASE_ENV | (extra or {})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(per_rank: list[list[str]], env: dict[str, str] | None = None
           ) -> list[subprocess.Popen]:
     """Start rank r with `per_rank[r]` (lpld arguments) as torchrun would."""
-    port, n = free_port(), len(per_rank)
-    procs = []
-    for r, args in enumerate(per_rank):
-        rank_env = _env(env) | {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n),
-                                "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
-                                "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "lpld_cli", *args],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=rank_env))
-    return procs
+    return launch_local(per_rank, _env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
 
 
 def run_ranks(n: int, args: list[str], env: dict[str, str] | None = None,

@@ -5,6 +5,7 @@ Marked `dist` (multi-process, ~minutes in all): `pytest -m dist`, run by .ci/run
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -102,3 +103,68 @@ def test_device_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
     lines = error_lines(results)
     assert lines == ["Error: --device cuda: no CUDA GPU is available here"]
     assert not any("Traceback" in err for _, _, err in results)
+
+
+@pytest.fixture(scope="module")
+def teacher_store(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Path:
+    """A store holding a teacher made from the fixed weights (one process)."""
+    root = tmp_path_factory.mktemp("teacher")
+    _json(run_ranks(1, ["squeeze", "--weights", str(weights), *TINY, "--store", str(root),
+                        "--json"]))
+    return root
+
+
+def _copy_store(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src / "objects", dst / "objects")
+    return dst
+
+
+RECOVER = ["recover", "--ipc", "2", "--iterations", "20", "--classes-per-step", "2"]
+
+
+def test_recover_png_bytes_equal_for_1_and_2_ranks(tmp_path: Path, teacher_store: Path
+                                                   ) -> None:
+    made = {}
+    for n in (1, 2):
+        store = _copy_store(teacher_store, tmp_path / f"s{n}")
+        result = _json(run_ranks(n, [*RECOVER, "--store", str(store), "--json"]))
+        made[n] = Path(result["artifact"]["path"])
+        assert result["metrics"]["images"] == 20
+    assert made[1].name == made[2].name
+    one, two = payload(made[1]), payload(made[2])
+    assert len([f for f in one if f.endswith(".png")]) == 20
+    assert {f: hashlib.sha256(b).hexdigest() for f, b in one.items()} == {
+        f: hashlib.sha256(b).hexdigest() for f, b in two.items()}
+
+
+def test_killed_rank_stops_all_and_the_rerun_resumes_with_one_process(
+        tmp_path: Path, teacher_store: Path) -> None:
+    """SIGKILL rank 1 after the first class is saved: rank 0 exits non-zero (watchdog),
+    no artifact appears; the same command on 1 process resumes and equals a clean run."""
+    import signal
+    import time
+
+    args = ["recover", "--ipc", "2", "--iterations", "150", "--classes-per-step", "1"]
+    store = _copy_store(teacher_store, tmp_path / "killed")
+    procs = spawn([[*args, "--store", str(store)]] * 2, env={"LPLD_DIST_HEARTBEAT_S": "4"})
+    deadline = time.monotonic() + 240
+    while not list(store.glob("staging/*/train/0000*")) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+    assert list(store.glob("staging/*/train/0000*")), "no class was saved in time"
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    results = wait_all(procs, timeout=120)
+    assert time.monotonic() - killed_at < 60  # bounded: the heartbeat limit, not a hang
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) <= 1 and all("rank 1" in line for line in lines), lines
+    assert not list(store.glob("objects/images/*"))
+    resumed = _json(run_ranks(1, [*args, "--store", str(store), "--json"]))
+    assert resumed["metrics"]["classes_resumed"] >= 1
+    clean_store = _copy_store(teacher_store, tmp_path / "clean")
+    clean = _json(run_ranks(1, [*args, "--store", str(clean_store), "--json"]))
+    assert payload(Path(resumed["artifact"]["path"])) == payload(
+        Path(clean["artifact"]["path"]))
