@@ -168,3 +168,10 @@ def test_killed_rank_stops_all_and_the_rerun_resumes_with_one_process(
     clean = _json(run_ranks(1, [*args, "--store", str(clean_store), "--json"]))
     assert payload(Path(resumed["artifact"]["path"])) == payload(
         Path(clean["artifact"]["path"]))
+
+
+def test_one_process_commands_refuse_torchrun(tmp_path: Path) -> None:
+    results = run_ranks(2, ["train", "--store", str(tmp_path)])
+    assert all(rc != 0 for rc, _, _ in results)
+    assert error_lines(results) == ["Error: lpld train runs as one process in this release"]
+    assert not (tmp_path / "staging").exists()
