@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from lpld_cli import __version__
-from lpld_cli.commands import prune, recover, relabel, report, squeeze, train, verify
+from lpld_cli.commands import (
+    gc,
+    ls,
+    prune,
+    recover,
+    relabel,
+    report,
+    rm,
+    show,
+    squeeze,
+    train,
+    verify,
+)
 
 app = typer.Typer(
     name="lpld",
@@ -24,6 +36,10 @@ app.command("prune")(prune.command)
 app.command("train")(train.command)
 app.add_typer(report.app, name="report")
 app.command("verify")(verify.command)
+app.command("ls")(ls.command)
+app.command("show")(show.command)
+app.command("rm")(rm.command)
+app.command("gc")(gc.command)
 
 
 def _version(value: bool) -> None:

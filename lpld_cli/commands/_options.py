@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
 from lpld_cli.commands._ui import errors_to_exit
-from lpld_cli.device import resolve_device
 from lpld_cli.storage.store import Artifact, Store
+
+if TYPE_CHECKING:  # torch is imported only by commands that compute (ls/show/--help stay fast)
+    import torch
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Common:
 
     @property
     def device(self) -> torch.device:
+        from lpld_cli.device import resolve_device
+
         return resolve_device(self.device_name)
 
     def result(self, command: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:

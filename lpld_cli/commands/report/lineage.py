@@ -19,7 +19,8 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def _tree(rows: list[dict[str, Any]]) -> str:
+def tree(rows: list[dict[str, Any]]) -> str:
+    """Lineage rows as an indented tree, one artifact a line (also used by `lpld show`)."""
     lines = []
     for r in rows:
         pad = "  " * r["depth"]
@@ -44,4 +45,4 @@ def command(
 ) -> None:
     """The artifact's chain back to the teacher, with each step's key config and metrics."""
     rows = lineage_rows(common.store, artifact)
-    emit({"report": "lineage", "rows": rows}, common.json, _tree(rows))
+    emit({"report": "lineage", "rows": rows}, common.json, tree(rows))
