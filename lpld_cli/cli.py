@@ -6,6 +6,7 @@ import typer
 
 from lpld_cli import __version__
 from lpld_cli.commands import (
+    export,
     gc,
     ls,
     prune,
@@ -40,6 +41,7 @@ app.command("ls")(ls.command)
 app.command("show")(show.command)
 app.command("rm")(rm.command)
 app.command("gc")(gc.command)
+app.command("export")(export.command)
 
 
 def _version(value: bool) -> None:

@@ -347,10 +347,13 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
                 "classes_resumed": len(done), "seconds_per_class":
                     round(seconds / computed, 3) if computed else 0.0}
 
-    return store.produce("images", config.identity(), [teacher.id], build, force=force,
+    identity = config.identity()
+    # the key configuration too: two image sets of one IPC are told apart by it (parents)
+    key = {k: identity.get(k) for k in ("batching", "bn_target", "iterations", "r_bn", "seed")}
+    return store.produce("images", identity, [teacher.id], build, force=force,
                          resumable=True, selectors={"dataset": dataset, "ipc": config.ipc,
                                                     "method": config.method,
-                                                    "teacher": teacher.id})
+                                                    "teacher": teacher.id, **key})
 
 
 def _save_real(config: RecoverConfig, folder, data_root: str | None, num_classes: int,

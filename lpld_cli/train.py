@@ -38,6 +38,7 @@ from lpld_cli.models.factory import build_model, check_input, decay_groups, mode
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
+from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Staging, Store
 
 LABEL_MODES = ("stored", "online", "hard")
@@ -380,14 +381,16 @@ def _load_checkpoint(staging: Staging, model: nn.Module,
 
 
 # ------------------------------------------------------------- resolving the inputs
-def resolve_labels(store: Store, ratio: float, **selectors: Any) -> Artifact:
-    """The newest label store at `ratio` (1.0: unpruned) matching `selectors`.
+def resolve_labels(store: Store, ratio: float, newest: bool = False,
+                   **selectors: Any) -> Artifact:
+    """The label store at `ratio` (1.0: unpruned) matching `selectors`.
 
-    None at a pruned ratio: the error names `lpld prune`, not `lpld relabel`.
+    None at a pruned ratio: the error names `lpld prune`, not `lpld relabel`. Several:
+    an error listing them, unless `newest` takes the newest.
     """
     wanted = {k: v for k, v in selectors.items() if v is not None}
     try:
-        return store.newest("labels", where=lambda a: math.isclose(
+        return select(store, "labels", newest=newest, where=lambda a: math.isclose(
             float(a.selectors.get("ratio") or 1.0), ratio, rel_tol=1e-9), **wanted)
     except ArtifactNotFoundError:
         if math.isclose(ratio, 1.0):

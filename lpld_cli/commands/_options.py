@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lpld_cli.commands._ui import errors_to_exit
+from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Store
 
 if TYPE_CHECKING:  # torch is imported only by commands that compute (ls/show/--help stay fast)
@@ -82,14 +83,21 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def resolve_parent(common: Common, kind: str, ref: str | None, **selectors: Any) -> Artifact:
-    """`--from ID` (verified, of `kind`), else the newest matching artifact; say which."""
+# `--newest`: the commands that pick a parent without --from.
+Newest = Annotated[bool, typer.Option(
+    "--newest", help="Without --from, when several artifacts match: take the newest "
+    "(default: stop and list them).")]
+
+
+def resolve_parent(common: Common, kind: str, ref: str | None, newest: bool = False,
+                   **selectors: Any) -> Artifact:
+    """`--from ID` (verified, of `kind`), else the one matching artifact; say which."""
     from lpld_cli.commands._ui import info
 
     if ref:
         artifact = common.store.get(ref, kind=kind)
         info(f"using {kind} {artifact.short} (--from)")
     else:
-        artifact = common.store.newest(kind, **selectors)
+        artifact = select(common.store, kind, newest=newest, **selectors)
         info(f"using {kind} {artifact.short} (newest matching)")
     return artifact

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, common_options, resolve_parent
+from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
@@ -17,11 +17,13 @@ from lpld_cli.relabel import RelabelConfig, relabel
 def command(
     common: Common,
     ipc: Annotated[int | None, typer.Option(
-        help="Use the newest image set with this many images per class.",
+        help="Use the image set with this many images per class.",
         show_default=False)] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Image set id (or prefix) to relabel [default: newest matching].",
+        "--from", help="Image set id (or prefix) to relabel [default: the one matching; see "
+        "--newest].",
         show_default=False)] = None,
+    newest: Newest = False,
     teacher: Annotated[str | None, typer.Option(
         help="Teacher id [default: the image set's own teacher].", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
@@ -58,7 +60,8 @@ def command(
                   batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
                   logits_dtype=logits_dtype, codec=codec,
                   rows_per_chunk=rows_per_chunk).validate()
-    images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
+    images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,
+                            method=method)
     preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
     config = RelabelConfig(
         epochs=preset.relabel_epochs if epochs is None else epochs,

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._options import Common, Newest, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.label_pool import LabelPool
 from lpld_cli.data.presets import get_preset
 from lpld_cli.prune import parse_ratio
+from lpld_cli.storage.selection import select
 from lpld_cli.train import (
     TrainConfig,
     image_teacher,
@@ -79,6 +80,7 @@ def command(
     data: Annotated[str | None, typer.Option(
         help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
+    newest: Newest = False,
 ) -> None:
     """Train a student from scratch on the synthetic images; report top-1 on the real test set."""
     store = common.store
@@ -90,7 +92,7 @@ def command(
             label_store = store.get(labels, kind="labels")
             info(f"using labels {label_store.short} (--labels)")
         else:
-            label_store = resolve_labels(store, parse_ratio(ratio or "1x"), ipc=ipc,
+            label_store = resolve_labels(store, parse_ratio(ratio or "1x"), newest, ipc=ipc,
                                          dataset=dataset, method=method)
             info(f"using labels {label_store.short} (newest matching)")
         image_set = label_images(store, label_store)
@@ -98,7 +100,8 @@ def command(
         if images:
             image_set = store.get(images, kind="images")
         else:
-            image_set = store.newest("images", ipc=ipc, dataset=dataset, method=method)
+            image_set = select(store, "images", newest=newest, ipc=ipc, dataset=dataset,
+                               method=method)
         info(f"using images {image_set.short}")
         if mode == "online":
             teacher = image_teacher(store, image_set)
