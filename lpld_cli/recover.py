@@ -325,7 +325,8 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
                           "pass the id of a teacher (made by lpld squeeze)")
     net = load_teacher(teacher, device)
     dataset = net.data["dataset"]
-    config = config.resolved(get_preset(dataset), dataset)
+    recipe = net.data.get("recipe")  # an imagefolder teacher names the preset it follows
+    config = config.resolved(get_preset(recipe or dataset), dataset)
     if config.bn_target == "class" and net.class_stats is None:
         raise ConfigError(f"teacher {teacher.short} has no class-wise BN statistics, which "
                           "--bn-target class needs", "use --bn-target global, or a teacher "
@@ -336,7 +337,7 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
         num_classes = net.num_classes
         done = done_classes(staging.path)
         if config.method == "real":
-            computed = _save_real(config, staging.path, data_root, num_classes, done)
+            computed = _save_real(config, staging.path, data_root, num_classes, done, net.data)
         else:
             computed = _save_synthetic(net, config, staging.path, device, done, reporter)
         write_class_names(staging.path, net.data["class_names"])
@@ -353,13 +354,14 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
     return store.produce("images", identity, [teacher.id], build, force=force,
                          resumable=True, selectors={"dataset": dataset, "ipc": config.ipc,
                                                     "method": config.method,
-                                                    "teacher": teacher.id, **key})
+                                                    "teacher": teacher.id, **key,
+                                                    **({"recipe": recipe} if recipe else {})})
 
 
 def _save_real(config: RecoverConfig, folder, data_root: str | None, num_classes: int,
-               done: set[int]) -> int:
+               done: set[int], geometry: dict) -> int:
     """`--method real`: `ipc` seeded random training images per class, as they are."""
-    data = load_dataset(config.dataset, data_root)
+    data = load_dataset(config.dataset, data_root, geometry)
     images, labels = data.sample_train_images(config.ipc, config.seed)
     pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
     todo = [c for c in range(num_classes) if c not in done]

@@ -115,7 +115,8 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
                    "method": sel.get("method"), "ratio": 1.0, "granularity": None,
                    "metric": None, "epochs": config.epochs, "batch_size": config.batch_size,
                    "mix": config.mix, "logits_dtype": config.logits_dtype,
-                   "relabel_seed": config.seed})
+                   "relabel_seed": config.seed,
+                   **({"recipe": sel["recipe"]} if sel.get("recipe") else {})})
 
 
 def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifact: Artifact,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lpld_cli.data.datasets import RealData, load_dataset
+from lpld_cli.data.datasets import RealData, load_dataset, load_imagefolder
+from lpld_cli.data.geometry import FolderInfo, inspect_folder, recipe_for
+from lpld_cli.data.presets import get_preset
 from lpld_cli.device import autocast, seed_everything
-from lpld_cli.errors import ConfigError
+from lpld_cli.errors import ConfigError, DataNotFoundError
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import (
@@ -46,6 +48,20 @@ class SqueezeConfig:
     # only this many (seeded, random) training images: quick first tries and tests
     train_subset: int | None = None
     seed: int = 0
+    # imagefolder only: the geometry used, the preset whose recipe runs, the data's hash
+    image_size: int | None = None
+    channels: int | None = None
+    recipe: str | None = None
+    data_sha256: str | None = None
+
+    def identity(self) -> dict:
+        """The config that names the teacher (the imagefolder fields only when set, so the
+        ids of the built-in datasets stay what they were)."""
+        out = asdict(self)
+        for key in ("image_size", "channels", "recipe", "data_sha256"):
+            if out[key] is None:
+                out.pop(key)
+        return out
 
     def validate(self) -> None:
         if self.teacher_epochs < 1 and self.weights_sha256 is None:
@@ -57,6 +73,12 @@ class SqueezeConfig:
             raise ConfigError(f"--train-subset must be at least 1 (got {self.train_subset})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        folder = (self.image_size, self.channels, self.recipe)
+        if self.dataset != "imagefolder" and any(v is not None for v in folder):
+            raise ConfigError("--image-size, --channels and --preset are for --dataset "
+                              "imagefolder", "the built-in datasets have their own preset")
+        if self.recipe is not None:
+            get_preset(self.recipe)  # an unknown name is a ConfigError
 
 
 def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None,
@@ -69,9 +91,17 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
             raise ConfigError(f"--weights {weights} does not exist", "pass a local weights file")
         config = SqueezeConfig(**{**asdict(config), "weights_sha256": sha256_file(Path(weights))})
     config.validate()
-    if not force and (hit := store.cached("teacher", asdict(config), [])) is not None:
+    info = None
+    if config.dataset == "imagefolder" and config.data_sha256 is None:
+        config, info = folder_config(config, data_root)
+    if not force and (hit := store.cached("teacher", config.identity(), [])) is not None:
         return hit  # same inputs: skip loading data and building the network
-    data = load_dataset(config.dataset, data_root)
+    if config.dataset == "imagefolder":
+        data = load_imagefolder(data_root, {"image_size": config.image_size,
+                                            "channels": config.channels,
+                                            "recipe": config.recipe}, info)
+    else:
+        data = load_dataset(config.dataset, data_root)
     if config.train_subset is not None:
         data = data.subset(config.train_subset, config.seed)
     spec = model_spec(config.model, data.num_classes, data.preset.channels,
@@ -98,19 +128,33 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
                                 generator=generator),
             data.num_classes, config.bn_stats, total=data.num_batches("train", 256),
             reporter=reporter)
-        save_teacher(staging.path, model, spec, _data_info(data), stats)
+        save_teacher(staging.path, model, spec, _data_info(data, config.recipe), stats)
         bn_images = int(next(iter(stats.values())).count.sum())
         return {**scores, "images_seen": seen, "bn_images": bn_images}
 
-    return store.produce("teacher", asdict(config), [], build, force=force,
+    recipe = {"recipe": config.recipe} if config.recipe else {}
+    return store.produce("teacher", config.identity(), [], build, force=force,
                          selectors={"dataset": config.dataset, "model": config.model,
-                                    "bn_stats": config.bn_stats})
+                                    "bn_stats": config.bn_stats, **recipe})
 
 
-def _data_info(data: RealData) -> dict:
+def folder_config(config: SqueezeConfig, data_root: str | None
+                  ) -> tuple[SqueezeConfig, FolderInfo]:
+    """An imagefolder config completed from the data: geometry, recipe, content hash."""
+    if data_root is None:
+        raise DataNotFoundError("--data is required for imagefolder",
+                                "pass the folder holding train/ and val/")
+    info = inspect_folder(data_root, config.image_size, config.channels)
+    return replace(config, image_size=info.image_size, channels=info.channels,
+                   recipe=config.recipe or recipe_for(info.image_size),
+                   data_sha256=info.sha256), info
+
+
+def _data_info(data: RealData, recipe: str | None = None) -> dict:
     p = data.preset
-    return {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
+    info = {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
             "channels": p.channels, "mean": list(p.mean), "std": list(p.std)}
+    return {**info, "recipe": recipe} if recipe else info
 
 
 def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,

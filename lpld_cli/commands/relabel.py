@@ -62,7 +62,8 @@ def command(
                   rows_per_chunk=rows_per_chunk).validate()
     images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,
                             method=method)
-    preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
+    preset = get_preset(images.selectors.get("recipe") or images.selectors.get("dataset")
+                        or "fashion-mnist")
     config = RelabelConfig(
         epochs=preset.relabel_epochs if epochs is None else epochs,
         batch_size=preset.relabel_batch_size if batch_size is None else batch_size,

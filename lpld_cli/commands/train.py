@@ -107,7 +107,7 @@ def command(
             teacher = image_teacher(store, image_set)
             info(f"using teacher {teacher.short}")
     name = image_set.selectors.get("dataset", dataset or "fashion-mnist")
-    preset = get_preset(name)
+    preset = get_preset(image_set.selectors.get("recipe") or name)
     row_size = LabelPool.open(label_store).batch_size if label_store is not None else None
     config = TrainConfig(
         dataset=name, model=model or preset.student_model, width=width, depth=depth,
