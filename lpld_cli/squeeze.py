@@ -128,7 +128,8 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
                                 generator=generator),
             data.num_classes, config.bn_stats, total=data.num_batches("train", 256),
             reporter=reporter)
-        save_teacher(staging.path, model, spec, _data_info(data, config.recipe), stats)
+        save_teacher(staging.path, model, spec, _data_info(data, config.recipe, data_root),
+                     stats)
         bn_images = int(next(iter(stats.values())).count.sum())
         return {**scores, "images_seen": seen, "bn_images": bn_images}
 
@@ -150,11 +151,13 @@ def folder_config(config: SqueezeConfig, data_root: str | None
                    data_sha256=info.sha256), info
 
 
-def _data_info(data: RealData, recipe: str | None = None) -> dict:
+def _data_info(data: RealData, recipe: str | None = None, root: str | None = None) -> dict:
     p = data.preset
     info = {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
             "channels": p.channels, "mean": list(p.mean), "std": list(p.std)}
-    return {**info, "recipe": recipe} if recipe else info
+    if recipe:  # an imagefolder: later stages read the folder from here unless given --data
+        info.update(recipe=recipe, root=str(Path(root).resolve()) if root else None)
+    return info
 
 
 def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,

@@ -343,10 +343,11 @@ IN_MEMORY_BYTES = 1 << 30
 def load_imagefolder(data: str | None, geometry: dict[str, Any] | None = None,
                      info: FolderInfo | None = None) -> RealData:
     """A user's ImageFolder at its own (or the given) size and channels."""
+    geometry = dict(geometry or {})
+    data = data or geometry.get("root")  # the folder the teacher was trained on
     if data is None:
         raise DataNotFoundError("--data is required for imagefolder",
                                 "pass the folder holding train/ and val/")
-    geometry = dict(geometry or {})
     if "image_size" not in geometry or "channels" not in geometry:
         info = info or inspect_folder(data)
         geometry.update(image_size=info.image_size, channels=info.channels)
