@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._tree import tree
 from lpld_cli.commands._ui import emit
-from lpld_cli.commands.report.lineage import tree
 from lpld_cli.reports.inventory import describe
 from lpld_cli.reports.units import readable
 
