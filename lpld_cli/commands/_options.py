@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lpld_cli.commands._ui import errors_to_exit
+from lpld_cli.errors import LpldError
+from lpld_cli.storage.requests import answered, request_key
 from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Store
 
@@ -83,6 +85,9 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# Datasets whose files never change under their path (an id does not hash them).
+FIXED_DATASETS = ("fashion-mnist", "mnist")
+
 # `--newest`: the commands that pick a parent without --from.
 Newest = Annotated[bool, typer.Option(
     "--newest", help="Without --from, when several artifacts match: take the newest "
@@ -101,3 +106,26 @@ def resolve_parent(common: Common, kind: str, ref: str | None, newest: bool = Fa
         artifact = select(common.store, kind, newest=newest, **selectors)
         info(f"using {kind} {artifact.short} (newest matching)")
     return artifact
+
+
+def answered_request(common: Common, command: str, options: dict[str, Any], kind: str,
+                     ref: str | None, newest: bool = False,
+                     where: Callable[[Artifact], bool] | None = None,
+                     **selectors: Any) -> tuple[str | None, Artifact | None]:
+    """The request key of a stage command line and the artifact it made before, if any.
+
+    The parent is resolved from manifests only (no torch). Key None (the normal path runs
+    and reports any error): --force, a parent that is not unique, or a folder dataset.
+    """
+    if common.force:
+        return None, None
+    try:
+        parent = (common.store.get(ref, kind=kind, verify=False) if ref else
+                  select(common.store, kind, newest=newest, verify=False, where=where,
+                         **selectors))
+    except LpldError:
+        return None, None
+    if parent.selectors.get("dataset") not in FIXED_DATASETS:
+        return None, None
+    key = request_key(command, options, [parent.id])
+    return key, answered(common.store, key)

@@ -6,11 +6,18 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
+from lpld_cli.commands._options import (
+    Common,
+    Newest,
+    answered_request,
+    common_options,
+    resolve_parent,
+)
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
-from lpld_cli.relabel import RelabelConfig, relabel
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -51,6 +58,13 @@ def command(
 ) -> None:
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    key, hit = answered_request(common, "relabel", options, "images", from_, newest, ipc=ipc,
+                                dataset=dataset, method=method)
+    if hit is not None:  # answered before: no torch, no teacher, no images read
+        return _report(common, hit)
+    from lpld_cli.relabel import RelabelConfig, relabel
+
     if ipc is not None and ipc < 1:
         raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
     if threads < 0:
@@ -75,6 +89,12 @@ def command(
         artifact = relabel(common.store, config, images, teacher_artifact,
                            device=common.device, force=common.force, reporter=reporter,
                            threads=threads or None)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("relabel", artifact, m), common.json,

@@ -12,7 +12,8 @@ from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.geometry import describe
 from lpld_cli.data.presets import get_preset
-from lpld_cli.squeeze import SqueezeConfig, folder_config, squeeze
+from lpld_cli.storage.requests import answered, remember, request_key
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -57,6 +58,15 @@ def command(
              "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
 ) -> None:
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    # files the id hashes (weights, a folder's images) may change under the same path
+    key = (request_key("squeeze", options, []) if weights is None
+           and dataset in ("fashion-mnist", "mnist") else None)
+    hit = None if common.force or key is None else answered(common.store, key)
+    if hit is not None:  # answered before: no torch, no data, no network
+        return _report(common, hit)
+    from lpld_cli.squeeze import SqueezeConfig, folder_config, squeeze
+
     folder = SqueezeConfig(dataset=dataset, image_size=image_size, channels=channels,
                            recipe=preset)
     folder.validate()
@@ -79,6 +89,12 @@ def command(
     with RichReporter(quiet=False) as reporter:
         artifact = squeeze(common.store, config, data_root=data, weights=weights,
                            device=device, force=common.force, reporter=reporter)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"teacher {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("squeeze", artifact, m), common.json,
