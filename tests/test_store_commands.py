@@ -165,6 +165,12 @@ def test_gc_removes_only_what_no_live_process_holds(chain: dict, tmp_path: Path)
         [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a'); "
          "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
          str(staging / f"{'b' * 64}.lock")], stdout=subprocess.PIPE, text=True)
+    from lpld_cli.storage.requests import remember
+
+    removed = store.get(chain["hard"], verify=False)
+    remember(store, "f" * 64, removed)
+    remember(store, "e" * 64, store.get(chain["teacher"], verify=False))
+    lpld(store, "rm", chain["hard"])  # its request entry is now stale
     try:
         assert holder.stdout.readline().strip() == "locked"
         dry = lpld(store, "gc", "--dry-run", "--json")
@@ -174,16 +180,18 @@ def test_gc_removes_only_what_no_live_process_holds(chain: dict, tmp_path: Path)
         assert result.exit_code == 0, result.output
         out = json.loads(result.stdout)
         assert json.loads(dry.stdout)["removed"] == out["removed"]
-        assert out["bytes"] == 5000
+        assert out["bytes"] == 5000 + len('{"kind": "student", "artifact": ""}') + 64
         assert not dead.exists() and not (staging / f"{'a' * 64}.lock").exists()
         assert live.exists() and (staging / f"{'b' * 64}.lock").exists()
+        requests = store.root / "requests"
+        assert sorted(p.name for p in requests.iterdir()) == [f"{'e' * 64}.json"]
         # every lock file the six finished artifacts left behind is gone too
         assert sorted(p.name for p in staging.iterdir()) == sorted(
             [live.name, f"{'b' * 64}.lock"])
     finally:
         holder.kill()
         holder.wait()
-    assert len(_ids(store)) == 6  # gc never touches objects/
+    assert len(_ids(store)) == 5  # gc never touches objects/ (rm took the hard student)
 
 
 def test_store_lock_survives_gc_unlinking_it(tmp_path: Path) -> None:

@@ -107,6 +107,10 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 # Datasets whose files never change under their path (an id does not hash them).
 FIXED_DATASETS = ("fashion-mnist", "mnist")
 
+# The artifact a command reads (show, export, report lineage).
+ArtifactRef = Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",
+                                            show_default=False)]
+
 # `--newest`: the commands that pick a parent without --from.
 Newest = Annotated[bool, typer.Option(
     "--newest", help="Without --from, when several artifacts match: take the newest "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._options import ArtifactRef, Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.reports.units import readable
 from lpld_cli.storage.export import export, summary
@@ -16,8 +16,7 @@ from lpld_cli.storage.export import export, summary
 @common_options
 def command(
     common: Common,
-    artifact: Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",
-                                            show_default=False)],
+    artifact: ArtifactRef,
     folder: Annotated[Path, typer.Argument(help="A new (or empty) folder to write into.",
                                            show_default=False)],
 ) -> None:

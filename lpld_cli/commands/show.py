@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._options import ArtifactRef, Common, common_options
 from lpld_cli.commands._tree import tree
 from lpld_cli.commands._ui import emit
 from lpld_cli.reports.inventory import describe
@@ -41,8 +39,7 @@ def human(info: dict[str, Any]) -> str:
 @common_options
 def command(
     common: Common,
-    artifact: Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",
-                                            show_default=False)],
+    artifact: ArtifactRef,
 ) -> None:
     """Everything about one artifact: manifest, config, metrics, parents and descendants."""
     info = describe(common.store, artifact)

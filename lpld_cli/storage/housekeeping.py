@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lpld_cli.errors import ConfigError
+from lpld_cli.storage.requests import FOLDER as REQUESTS
 from lpld_cli.storage.store import Artifact, Store, _rmtree
 
 
@@ -107,9 +109,9 @@ def garbage(store: Store) -> list[Garbage]:
     by the kernel when the process dies), so an unlocked one was left by a dead process:
     an interrupted resumable run (its progress is lost when removed) or a finished one.
     """
+    found = _stale_requests(store)
     if not store.staging.is_dir():
-        return []
-    found = []
+        return found
     for path in sorted(store.staging.iterdir()):
         name = path.name
         with _try_lock(store.staging / f"{_owner(name)}.lock") as free:
@@ -122,6 +124,21 @@ def garbage(store: Store) -> list[Garbage]:
         elif name.endswith(".lock") or name.startswith("."):
             found.append(Garbage(path, path.stat().st_size, "lock file of no live process"))
     return found
+
+
+def _stale_requests(store: Store) -> list[Garbage]:
+    """Request-index entries (storage/requests.py) whose artifact is gone or unreadable."""
+    folder = store.root / REQUESTS
+    stale = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            alive = store.find(entry["kind"], entry["artifact"]) is not None
+        except (OSError, ValueError, KeyError, TypeError):
+            alive = False
+        if not alive:
+            stale.append(Garbage(path, path.stat().st_size, "request of a removed artifact"))
+    return stale
 
 
 def collect(store: Store, items: list[Garbage]) -> int:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._options import ArtifactRef, Common, common_options
 from lpld_cli.commands._tree import tree
 from lpld_cli.commands._ui import emit
 from lpld_cli.reports.lineage import lineage_rows
@@ -15,8 +11,7 @@ from lpld_cli.reports.lineage import lineage_rows
 @common_options
 def command(
     common: Common,
-    artifact: Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",
-                                            show_default=False)],
+    artifact: ArtifactRef,
 ) -> None:
     """The artifact's chain back to the teacher, with each step's key config and metrics."""
     rows = lineage_rows(common.store, artifact)
