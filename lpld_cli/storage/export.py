@@ -62,9 +62,13 @@ def export(artifact: Artifact, target: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"{target} already exists and is not empty",
                           "export into a new or empty folder")
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        _rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():
+            _rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into {target.parent}: {exc.strerror}",
+                          "export into a folder you can write") from None
     try:
         if artifact.kind == "images":
             _export_images(artifact, tmp, target)

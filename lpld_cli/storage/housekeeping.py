@@ -88,8 +88,13 @@ def remove(store: Store, artifacts: list[Artifact]) -> int:
         trash = store.staging / f".rm-{artifact.id}"
         if trash.exists():
             _rmtree(trash)
-        os.rename(artifact.path, trash)  # leaves objects/ at once, whole
-        _rmtree(trash)
+        try:
+            os.rename(artifact.path, trash)  # leaves objects/ at once, whole
+            _rmtree(trash)
+        except OSError as exc:
+            raise ConfigError(f"cannot remove {artifact.kind} {artifact.short}: "
+                              f"{exc.strerror} ({exc.filename})",
+                              "check that the store is writable") from None
     return freed
 
 
