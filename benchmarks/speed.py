@@ -143,7 +143,8 @@ def startup_figures(work: Path, data: str | None) -> dict[str, Any]:
         figures[f"startup_{key}"] = figure(
             f"wall time of a command that computes nothing (best of {STARTUP_REPEATS} fresh "
             "processes)", label, seconds, "python -c 'import torch'", torch_s, "s",
-            note=f"{seconds:.2f} s; goal < 1 s on the 2-core CPU")
+            note=f"{seconds:.2f} s; goal < 1 s on the 2-core CPU; load average "
+                 f"{os.getloadavg()[0]:.1f} while measured")
     return figures
 
 
