@@ -16,11 +16,12 @@ import click
 import typer
 from typer.core import TyperGroup
 
+import lpld_cli.commands
 from lpld_cli import __version__
 
 # name -> module (holding `command`, or `app` for a sub-app), in the order --help lists them
 COMMANDS: dict[str, str] = {
-    name: f"lpld_cli.commands.{name}" for name in (
+    name: f"{lpld_cli.commands.__name__}.{name}" for name in (
         "squeeze", "recover", "relabel", "prune", "train", "report", "verify", "ls", "show",
         "rm", "gc", "export")}
 
