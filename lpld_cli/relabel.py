@@ -188,7 +188,10 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
                    "method": sel.get("method"), "ratio": config.keep,
                    "granularity": "batch" if pruned else None,
-                   "metric": "random" if pruned else None})
+                   "metric": "random" if pruned else None, "epochs": config.epochs,
+                   "batch_size": config.batch_size, "mix": config.mix,
+                   "logits_dtype": config.logits_dtype, "relabel_seed": config.seed,
+                   **({"recipe": sel["recipe"]} if sel.get("recipe") else {})})
 
 
 # --------------------------------------------------------------- open-or-resume
