@@ -146,13 +146,11 @@ def run_stage(task: dict[str, Any]) -> dict[str, Any]:
 
         art = prune(store, PruneConfig(**cfg), store.get(task["labels"], kind="labels"))
     elif stage == "train":
-        from dataclasses import asdict
-
         from lpld_cli.train import TrainConfig, train
 
         # A finished student is found without loading the dataset (train() loads it first).
         parents = [task["images"], *(task[k] for k in ("labels", "teacher") if task.get(k))]
-        hit = store.cached("student", asdict(TrainConfig(**cfg)), parents)
+        hit = store.cached("student", TrainConfig(**cfg).identity(), parents)
         if hit is not None:
             return {"id": hit.id, "cached": True, "metrics": hit.metrics,
                     "seconds": round(time.perf_counter() - started, 2)}
