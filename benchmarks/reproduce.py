@@ -594,9 +594,9 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
         if row.get("online") and row["online"]["mean"] is not None and row["stored_1x"]["mean"]:
             gap = row["online"]["mean"] - row["stored_1x"]["mean"]
             out.append(f"Online teacher vs stored 1× labels, IPC{row['ipc']} {row['method']}: "
-                       f"{100 * gap:+.1f} pp. With the same seed and as many train as relabel "
-                       "epochs, the online teacher labels exactly the augmentations relabel "
-                       "stored, so this gap is the float16 rounding of the stored logits.")
+                       f"{100 * gap:+.1f} pp (the online teacher labels its own "
+                       "augmentation stream per seed, `--online-stream fresh`: the no-storage "
+                       "upper bound of stored labels).")
     div = {(r["ipc"], r["method"]): r for r in t["diversity"]["rows"]}
     for ipc in s.ipcs:
         a, b = div.get((ipc, "lpld")), div.get((ipc, "sre2l"))
