@@ -99,3 +99,50 @@ def test_mechanism_sweep_points(quick: bool) -> None:
     assert "r_bn" not in preset
     if not quick:
         assert sw["iterations"] == [100, 200, 500, 1000] and sw["r_bn"] == [0.01, 0.05, 0.2]
+
+
+def test_tables_verdicts_and_markdown_from_synthetic_results() -> None:
+    """Every table, the findings, RESULTS.md's reproduction section and the verdicts render
+    from a quick plan's results in the JSON layout main() writes (no stage runs)."""
+    import json
+
+    from benchmarks._common import render_reproduce
+    from benchmarks.reproduce import Tables, findings
+    from benchmarks.verdicts import claims, render
+
+    s = settings(quick=True)
+    plan = Plan(s)
+    plan.build()
+
+    class FakeRunner:
+        results = {k: {"id": "x", "cached": False, "seconds": 1.0,
+                       "metrics": {"top1": 0.5 + 0.01 * k[3] + 0.001 * i, "top5": 0.9,
+                                   "label_pool_bytes": 1000, "steps": 40}}
+                   for i, k in enumerate(sorted(plan.students, key=str))}
+
+    div = {k: {"cosine": 0.8 + 0.01 * k[2], "mmd2": 0.1} for k in plan.images}
+    metrics = {k: {"self_top1": 1.0} for k in plan.images}
+    t = Tables(s, FakeRunner(), 0.9, div)
+    tables = {"table3": t.table3(), "table4": t.table4(), "table5a": t.table5a(),
+              "bn_stats": t.bn_stats(metrics), "baselines": t.baselines(),
+              "robustness": t.robustness(), "diversity": t.diversity(metrics),
+              "convergence": t.convergence()}
+    assert all(r["top1"] is not None for r in tables["convergence"]["rows"])
+    meta = {"quick": True, "device": {"name": "CPU", "type": "cpu", "torch": "x"}, "jobs": 2,
+            "threads": 1, "command": "python benchmarks/reproduce.py --quick",
+            "finished": "now", "seconds": 60.0, "seeds": s.seeds, "ipcs": s.ipcs,
+            "epochs": {"10": 20}, "recover_iterations": {"10": 30}, "plan": "issue-18",
+            "cuts": {"a": "b"}, "estimate": {"jobs": 2, "wall_hours": 0.1, "rates_from": "r",
+                                             "phases": {"train": {"wall_seconds": 60}}},
+            "scaled_down": s.scaled_down}
+    res = json.loads(json.dumps({
+        "meta": meta, "teacher": {"model": "convnet", "top1": 0.9}, "tables": tables,
+        "findings": findings(tables, s),
+        "runs": [{"key": [*k], "metrics": r["metrics"]} for k, r in FakeRunner.results.items()]}))
+    text = render_reproduce(res)
+    assert "Convergence check" in text and "Cut to fit" in text and "| real |" in text
+    by = {c["id"]: c for c in claims(res)}
+    assert set(by) == {"a", "b", "c", "d", "e"}
+    assert all(by[c]["cells"] for c in by)  # every claim found its rows in the new layout
+    assert by["a"]["cells"][0]["test"].startswith("paired t (2 seeds)")
+    assert "## Verdicts" in render(res)
