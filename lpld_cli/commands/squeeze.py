@@ -41,8 +41,10 @@ def command(
         help="Use only N seeded random training images (a quick first try).",
         show_default=False)] = None,
     bn_stats: Annotated[str, typer.Option(
-        help="Class-wise BN statistics: exact (pooled over the pass, float64) or ema "
-             "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
+        help="Class-wise BN statistics: exact (pooled over the pass; exact integer sums, "
+             "the same bits on any number of torchrun ranks) or ema (the authors' per-batch "
+             "EMA, momentum 0.1: one ordered pass, so under torchrun rank 0 runs it alone).")
+    ] = "exact",
 ) -> None:
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
     preset = get_preset(dataset)
