@@ -49,6 +49,7 @@ from lpld_cli.storage.store import Artifact, Staging, Store
 from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
+ONLINE_STREAMS = ("fresh", "relabel")
 LOSSES = ("kl", "mse-gt")
 OPTIMIZERS = ("adamw", "sgd")
 # G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
@@ -80,6 +81,10 @@ class TrainConfig:
     mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
     precision: str | None = None  # autocast of the student; None: fp32 on CPU, bf16 on CUDA
+    # --labels online only: "fresh" (None: the default) draws the online teacher's own
+    # augmentation stream per seed, the upper bound; "relabel" replays relabel's stream of
+    # the same seed (then online labels equal the unpruned store's: the equality check)
+    online_stream: str | None = None
 
     def validate(self) -> None:
         if self.labels not in LABEL_MODES:
@@ -108,9 +113,25 @@ class TrainConfig:
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(f"unknown --precision {self.precision!r}",
                               f"choose one of: {', '.join(PRECISIONS)}")
+        if self.online_stream is not None:
+            if self.labels != "online":
+                raise ConfigError("--online-stream applies to --labels online only")
+            if self.online_stream not in ONLINE_STREAMS:
+                raise ConfigError(f"unknown --online-stream {self.online_stream!r}",
+                                  f"choose one of: {', '.join(ONLINE_STREAMS)}")
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
+
+    def identity(self) -> dict[str, Any]:
+        """The config that names the student: online students name their stream (resolved),
+        the others carry no stream field (their ids are unchanged by it)."""
+        out = asdict(self)
+        if self.labels == "online":
+            out["online_stream"] = self.online_stream or "fresh"
+        else:
+            out.pop("online_stream")
+        return out
 
 
 # ------------------------------------------------------------------------- losses
@@ -197,7 +218,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
         parents.append(teacher.id)
 
-    hit = None if force else store.cached("student", asdict(config), parents)
+    hit = None if force else store.cached("student", config.identity(), parents)
     if hit is not None:  # no need to load the dataset or build the network
         return hit
     dataset = images.selectors.get("dataset", config.dataset)
@@ -222,7 +243,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
                  "ratio": labels.selectors.get("ratio", 1.0) if stored else None,
                  "granularity": labels.selectors.get("granularity") if stored else None,
                  "labels": config.labels, "model": config.model}
-    return store.produce("student", asdict(config), parents, build, force=force,
+    return store.produce("student", config.identity(), parents, build, force=force,
                          resumable=True, selectors=selectors)
 
 
@@ -271,9 +292,11 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                 batches: Iterator[tuple[Row, torch.Tensor | None]] = (
                     (b.row, b.logits) for b in prefetch.epoch(epoch))
             else:
+                stream = ("online" if config.labels == "online"
+                          and (config.online_stream or "fresh") == "fresh" else "relabel")
                 batches = ((row, None) for row in epoch_rows(
                     len(x_all), config.batch_size, spec["image_size"], config.mix,
-                    config.seed, epoch))
+                    config.seed, epoch, stream))
             for row, stored in batches:
                 x = student_batch(x_all, row, spec["image_size"], contract)
                 valid = row.valid

@@ -363,14 +363,18 @@ def _seed_of(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch: seeded by (seed, epoch) so any epoch can be redrawn."""
-    return torch.Generator().manual_seed(_seed_of("lpld-relabel", seed, epoch))
+def epoch_generator(seed: int, epoch: int, stream: str = "relabel") -> torch.Generator:
+    """The generator of one epoch: seeded by (stream, seed, epoch) so any epoch can be
+    redrawn. `stream` "relabel" is what relabel stores; "online" is the online teacher's
+    own stream (train --labels online), independent of every stored one."""
+    return torch.Generator().manual_seed(_seed_of(f"lpld-{stream}", seed, epoch))
 
 
-def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(num_images: int, seed: int, epoch: int, stream: str = "relabel"
+                ) -> torch.Tensor:
     """The epoch's image order (int32 [N]): the first draw of its generator."""
-    return torch.randperm(num_images, generator=epoch_generator(seed, epoch)).to(torch.int32)
+    return torch.randperm(num_images, generator=epoch_generator(seed, epoch, stream)).to(
+        torch.int32)
 
 
 def batch_slots(order: torch.Tensor, batch: int, batch_size: int) -> torch.Tensor:
@@ -382,14 +386,16 @@ def batch_slots(order: torch.Tensor, batch: int, batch_size: int) -> torch.Tenso
 
 
 def row_at(order: torch.Tensor, batch: int, batch_size: int, image_size: int, mix: str,
-           seed: int, epoch: int) -> Row:
-    """v2: one row from its own generator seeded by (seed, epoch, batch)."""
-    generator = torch.Generator().manual_seed(_seed_of("lpld-relabel-row", seed, epoch, batch))
+           seed: int, epoch: int, stream: str = "relabel") -> Row:
+    """v2: one row from its own generator seeded by (stream, seed, epoch, batch)."""
+    generator = torch.Generator().manual_seed(_seed_of(f"lpld-{stream}-row", seed, epoch,
+                                                       batch))
     return draw_row(batch_slots(order, batch, batch_size), image_size, mix, generator)
 
 
 def epoch_rows(num_images: int, batch_size: int, image_size: int, mix: str, seed: int,
-               epoch: int, contract: int = CONTRACT) -> Iterator[Row]:
+               epoch: int, stream: str = "relabel", contract: int = CONTRACT
+               ) -> Iterator[Row]:
     """Every row of one epoch: a fresh permutation, then one `draw_row` per batch.
 
     The last batch is incomplete when B does not divide N: its empty slots
@@ -397,11 +403,11 @@ def epoch_rows(num_images: int, batch_size: int, image_size: int, mix: str, seed
     generator in turn; v2 draws row b from its own generator (`row_at`).
     """
     if contract == 1:
-        generator = epoch_generator(seed, epoch)
+        generator = epoch_generator(seed, epoch, stream)
         order = torch.randperm(num_images, generator=generator).to(torch.int32)
         for batch in range(math.ceil(num_images / batch_size)):
             yield draw_row(batch_slots(order, batch, batch_size), image_size, mix, generator)
         return
-    order = epoch_order(num_images, seed, epoch)
+    order = epoch_order(num_images, seed, epoch, stream)
     for batch in range(math.ceil(num_images / batch_size)):
-        yield row_at(order, batch, batch_size, image_size, mix, seed, epoch)
+        yield row_at(order, batch, batch_size, image_size, mix, seed, epoch, stream)
