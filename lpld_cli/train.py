@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
@@ -35,6 +34,7 @@ from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
+from lpld_cli.models.losses import LOSSES, student_loss
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
@@ -42,10 +42,7 @@ from lpld_cli.storage.store import Artifact, Staging, Store
 from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
-LOSSES = ("kl", "mse-gt")
 OPTIMIZERS = ("adamw", "sgd")
-# G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
-MSE_GT_CE_WEIGHT = 0.1
 CHECKPOINT = "checkpoint.pt"
 # Progress evaluations use the first test images only (the final top-1 uses all of them):
 # on Fashion-MNIST a full test pass costs as much as ~70 training steps of IPC10.
@@ -102,24 +99,7 @@ class TrainConfig:
                               "--labels hard always uses cross-entropy on the classes")
 
 
-# ------------------------------------------------------------------------- losses
-def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) ‖ softmax(s/T)), batch mean, without a T² factor (the authors' choice)."""
-    return F.kl_div(F.log_softmax(student / temperature, 1),
-                    F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True)
-
-
-def mixed_ce(student: torch.Tensor, classes: torch.Tensor, row: Row) -> torch.Tensor:
-    """Cross-entropy on one-hot classes, λ-mixed with the CutMix partners' classes."""
-    valid = row.valid
-    own = F.cross_entropy(student, classes)
-    if row.mix_lambda >= 1.0:
-        return own
-    partner = classes[row.mix_index[:valid].to(classes.device, torch.long)]
-    return row.mix_lambda * own + (1 - row.mix_lambda) * F.cross_entropy(student, partner)
-
-
+# --------------------------------------------------------------------- the pieces
 def student_batch(images: torch.Tensor, row: Row, image_size: int | None = None) -> torch.Tensor:
     """The student's input for a row: exactly the batch the teacher labelled (DESIGN §5)."""
     return replay(images, row, image_size)
@@ -227,6 +207,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     y_all = classes.to(device)
     teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
     probe = _test_subset(data, PROBE_IMAGES)
+    loss_fn = student_loss(config.loss, config.temperature)
 
     state = _load_checkpoint(staging, model, optimizer)
     start_epoch = state["epoch"]
@@ -270,12 +251,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     out = model(x)
                 out = out.float()
                 y = y_all[row.image_index[:valid].to(device, torch.long)]
-                if target is None:
-                    loss = mixed_ce(out, y, row)
-                elif config.loss == "kl":
-                    loss = kl_loss(out, target, config.temperature)
-                else:
-                    loss = F.mse_loss(out, target) + MSE_GT_CE_WEIGHT * mixed_ce(out, y, row)
+                loss = loss_fn(out, target, y, row)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
