@@ -239,14 +239,16 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
                    for i in range(len(layers))]
     target_var = [torch.stack([u.target_var[i] for u in units]).to(device)
                   for i in range(len(layers))]
-    weights = [config.first_bn_multiplier] + [1.0] * (len(layers) - 1)
     mean = torch.tensor(data["mean"], device=device).view(1, -1, 1, 1)
     std = torch.tensor(data["std"], device=device).view(1, -1, 1, 1)
     low, high = (0 - mean) / std, (1 - mean) / std
 
-    captured: list[torch.Tensor] = []
-    hooks = [bn.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
-             for bn in layers]
+    # (layer index, input) in the order the forward pass reaches the BN layers: targets are
+    # matched by layer, the first-layer weight goes to the first layer reached
+    captured: list[tuple[int, torch.Tensor]] = []
+    hooks = [bn.register_forward_pre_hook(
+        lambda _m, inp, i=i: captured.append((i, inp[0]))) for i, bn in enumerate(layers)]
+    names = list(bn_layers(model))
     optimizer = torch.optim.Adam([x], lr=config.lr, betas=(0.5, 0.9), eps=1e-8)
     iterations = config.iterations
     try:
@@ -270,10 +272,12 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
                 logits = model(view)
             ce = F.cross_entropy(logits.float(), labels, reduction="none").view(k, n).mean(1)
             bn_loss = torch.zeros(k, device=device)
-            for i, inp in enumerate(captured):
+            check_forward_order(captured, names)
+            for position, (i, inp) in enumerate(captured):
+                weight = config.first_bn_multiplier if position == 0 else 1.0
                 feats = inp.float().reshape(k, n, inp.shape[1], -1)  # [k, n, C, h·w]
                 var, mu = torch.var_mean(feats, dim=(1, 3), correction=0)  # biased, as BN
-                bn_loss = bn_loss + weights[i] * (
+                bn_loss = bn_loss + weight * (
                     torch.linalg.vector_norm(mu - target_mean[i], dim=1)
                     + torch.linalg.vector_norm(var - target_var[i], dim=1))
             loss = (ce + config.r_bn * bn_loss).sum()
@@ -288,6 +292,18 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
         for hook in hooks:
             hook.remove()
     return x.detach()
+
+
+def check_forward_order(captured: list[tuple[int, torch.Tensor]], names: list[str]) -> None:
+    """Every BN layer ran exactly once in the forward pass, else the targets cannot match."""
+    counts = [0] * len(names)
+    for i, _ in captured:
+        counts[i] += 1
+    wrong = [f"{names[i]} ran {c} times" for i, c in enumerate(counts) if c != 1]
+    if wrong:
+        raise ConfigError(f"the teacher's BN layers do not each run once per forward pass "
+                          f"({'; '.join(wrong[:3])}), so recover cannot match their targets",
+                          "use a teacher whose BatchNorm2d layers are each applied once")
 
 
 def default_classes_per_step(unit_size: int, image_size: int, device: torch.device) -> int:
