@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lpld_cli import stage_module
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.data.scores import PRUNE_METRICS, Slots, scored
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
@@ -87,13 +87,20 @@ class PruneConfig:
             if not (math.isfinite(value) and 0 <= value < 1):
                 raise ConfigError(f"{name} must be a fraction in [0, 1) (got {value})",
                                   "e.g. 0.1 drops the 10% of rows with that extreme confidence")
+        at_least("--seed", self.seed, 0)
         if self.calibrate_easy + self.calibrate_hard >= 1:
             raise ConfigError(
                 f"--calibrate-easy + --calibrate-hard must be below 1 (got "
                 f"{self.calibrate_easy} + {self.calibrate_hard})", "nothing would be left to keep")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def resolved(self, preset: Any = None) -> PruneConfig:
+        """Nothing comes from a preset: the config itself, validated (`select`: see above)."""
+        self.validate()
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What names the pruned label store."""
+        return asdict(self.resolved())
 
 
 # ---------------------------------------------------------------------- scores
@@ -366,7 +373,7 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
             metrics["score_kept_mean"] = float(chosen.kept_score.mean())
         return metrics
 
-    return store.produce("labels", config.to_dict(), [parent.id], build, force=force,
+    return store.produce("labels", config.identity(), [parent.id], build, force=force,
                          selectors=selectors)
 
 

@@ -46,6 +46,7 @@ from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import bn_layers
+from lpld_cli.models.recover_methods import RECOVER_METHODS
 from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import (
@@ -57,17 +58,9 @@ from lpld_cli.storage.images import (
 )
 from lpld_cli.storage.store import Artifact, Store
 
-METHODS = ("lpld", "sre2l", "cda", "real")
 BATCHINGS = ("class", "mixed")
 BN_TARGETS = ("class", "global")
 CROP_SCHEDULES = ("fixed", "cosine")
-# Each method's defaults (paper Table 4: explicit --batching / --bn-target override them).
-METHOD_DEFAULTS: dict[str, dict[str, str]] = {
-    "lpld": {"batching": "class", "bn_target": "class", "crop_schedule": "fixed"},
-    "sre2l": {"batching": "mixed", "bn_target": "global", "crop_schedule": "fixed"},
-    # CDA: SRe²L with a curriculum on the crop's minimum scale (cosine 1.0 → 0.08).
-    "cda": {"batching": "mixed", "bn_target": "global", "crop_schedule": "cosine"},
-}
 # Pixels per optimisation step when --classes-per-step is not given: ~330 images of
 # 28 px on a CPU; ~100 images of 224 px (the authors' SRe²L batch) on a GPU.
 _PIXEL_BUDGET = {"cpu": 1 << 18, "cuda": 100 * 224 * 224}
@@ -77,7 +70,7 @@ _PIXEL_BUDGET = {"cpu": 1 << 18, "cuda": 100 * 224 * 224}
 class RecoverConfig:
     ipc: int = 10
     method: str = "lpld"
-    # None: the method's default (METHOD_DEFAULTS)
+    # None: the method's default (models/recover_methods.py)
     batching: str | None = None
     bn_target: str | None = None
     crop_schedule: str | None = None
@@ -100,9 +93,7 @@ class RecoverConfig:
         if self.ipc < 1:
             raise ConfigError(f"--ipc must be at least 1 (got {self.ipc})",
                               "images per class, e.g. --ipc 10")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown --method {self.method!r}",
-                              f"choose one of: {', '.join(METHODS)}")
+        RECOVER_METHODS.check(self.method)
         if self.batching is not None and self.batching not in BATCHINGS:
             raise ConfigError(f"unknown --batching {self.batching!r}", "choose class or mixed")
         if self.bn_target is not None and self.bn_target not in BN_TARGETS:
@@ -113,7 +104,7 @@ class RecoverConfig:
                               "choose fixed or cosine")
         checks = [("--iterations", self.iterations, 1), ("--jitter", self.jitter, 0),
                   ("--classes-per-step", self.classes_per_step, 1),
-                  ("--mixed-batch", self.mixed_batch, 1)]
+                  ("--mixed-batch", self.mixed_batch, 1), ("--seed", self.seed, 0)]
         for name, value, low in checks:
             if value is not None and value < low:
                 raise ConfigError(f"{name} must be at least {low} (got {value})")
@@ -127,20 +118,20 @@ class RecoverConfig:
     def resolved(self, preset: Preset, dataset: str) -> RecoverConfig:
         """Fill in the method's and the preset's defaults (validates first)."""
         self.validate()
-        if self.method == "real":  # no optimisation: the synthesis knobs do not apply
+        method = RECOVER_METHODS.get(self.method)
+        if not method.synthesises:  # real images: the synthesis knobs do not apply
             return replace(self, batching=None, bn_target=None, crop_schedule=None,
                            iterations=None, lr=None, r_bn=None, first_bn_multiplier=None,
                            jitter=None, dataset=dataset)
-        defaults = METHOD_DEFAULTS[self.method]
 
         def pick(value, default):
             return default if value is None else value
 
         return replace(
             self, dataset=dataset,
-            batching=pick(self.batching, defaults["batching"]),
-            bn_target=pick(self.bn_target, defaults["bn_target"]),
-            crop_schedule=pick(self.crop_schedule, defaults["crop_schedule"]),
+            batching=pick(self.batching, method.batching),
+            bn_target=pick(self.bn_target, method.bn_target),
+            crop_schedule=pick(self.crop_schedule, method.crop_schedule),
             iterations=pick(self.iterations, preset.recover_iterations),
             lr=pick(self.lr, preset.recover_lr), r_bn=pick(self.r_bn, preset.r_bn),
             first_bn_multiplier=pick(self.first_bn_multiplier, preset.first_bn_multiplier),
@@ -352,7 +343,7 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
         start = time.perf_counter()
         num_classes = net.num_classes
         done = done_classes(staging.path)
-        if config.method == "real":
+        if not RECOVER_METHODS.get(config.method).synthesises:
             computed = _save_real(config, staging.path, data_root, num_classes, done)
         else:
             computed = _save_synthetic(net, config, staging.path, device, done, reporter)

@@ -22,7 +22,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, option: str) -> None:
         self.kind = kind  # e.g. "prune metric"
-        self.option = option  # e.g. "--metric": named in errors
+        self.option = option  # how errors name it: "--metric", "dataset"
         self._entries: dict[str, T] = {}
         self._help: dict[str, str] = {}
 

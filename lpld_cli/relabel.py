@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from lpld_cli import stage_module
+from lpld_cli.checks import at_least, fill, one_of
 from lpld_cli.data import augment
+from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
@@ -55,10 +57,10 @@ QUEUE_CHUNKS = 2
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    # the schedule (paper Tables 12, 15, 18; Fashion-MNIST by measurement)
-    epochs: int = 300
-    batch_size: int = 50
-    mix: str = "cutmix"
+    # the schedule (paper Tables 12, 15, 18; Fashion-MNIST by measurement); None: the preset's
+    epochs: int | None = None
+    batch_size: int | None = None
+    mix: str | None = None
     # storage
     logits_dtype: str = "float16"
     codec: str = "zstd"
@@ -66,21 +68,26 @@ class RelabelConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.mix not in augment.MIXES:
-            raise ConfigError(f"unknown --mix {self.mix!r}",
-                              f"choose one of: {', '.join(augment.MIXES)}")
-        if self.logits_dtype not in LOGITS_DTYPES:
-            raise ConfigError(f"unknown --logits-dtype {self.logits_dtype!r}",
-                              f"choose one of: {', '.join(LOGITS_DTYPES)}")
-        if self.codec not in CODECS:
-            raise ConfigError(f"unknown --codec {self.codec!r}",
-                              f"choose one of: {', '.join(CODECS)}")
-        if self.rows_per_chunk is not None and self.rows_per_chunk < 1:
-            raise ConfigError(f"--rows-per-chunk must be at least 1 (got {self.rows_per_chunk})")
+        """Check every given value (None: unset, the preset decides)."""
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 1)
+        one_of("--mix", self.mix, augment.MIXES)
+        one_of("--logits-dtype", self.logits_dtype, LOGITS_DTYPES)
+        one_of("--codec", self.codec, CODECS)
+        at_least("--rows-per-chunk", self.rows_per_chunk, 1)
+        at_least("--seed", self.seed, 0)
+
+    def resolved(self, preset: Preset) -> RelabelConfig:
+        """Unset fields take the preset's value (validates first)."""
+        self.validate()
+        return fill(self, epochs=preset.relabel_epochs, batch_size=preset.relabel_batch_size,
+                    mix=preset.mix)
+
+    def identity(self) -> dict[str, Any]:
+        """What names the label store (resolve first: the preset is the images' dataset's)."""
+        if None in (self.epochs, self.batch_size, self.mix):
+            raise ValueError("identity() of an unresolved RelabelConfig")
+        return asdict(self)
 
 
 def relabel(store: Store, config: RelabelConfig, images: Artifact,
@@ -105,13 +112,14 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
                               "pass --teacher ID")
         teacher = store.get(images.parents[0], kind="teacher")
     sel = images.selectors
+    config = config.resolved(get_preset(sel.get("dataset") or "fashion-mnist"))
 
     def build(staging) -> dict[str, Any]:
         with _cpu_threads(threads if device.type == "cpu" else None):
             return _build(staging.path, config, images, teacher, device, reporter)
 
     return store.produce(
-        "labels", asdict(config), [images.id, teacher.id], build, force=force, resumable=True,
+        "labels", config.identity(), [images.id, teacher.id], build, force=force, resumable=True,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
                    "method": sel.get("method"), "ratio": 1.0, "granularity": None,
                    "metric": None})

@@ -27,15 +27,18 @@ from torch import nn
 from torch.utils.data import Subset
 
 from lpld_cli import stage_module
+from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data.augment import MIXES, Row, epoch_rows, normalise, replay
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.data.label_pool import LabelPool, Prefetcher
+from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
 from lpld_cli.models.losses import LOSSES, student_loss
 from lpld_cli.models.teacher import load_teacher, teacher_logits
+from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Staging, Store
@@ -51,52 +54,67 @@ PROBE_IMAGES = 2000
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the student network (trained from scratch)
+    # the student network (trained from scratch; model None: the preset's student)
     dataset: str = "fashion-mnist"
-    model: str = "convnet"
+    model: str | None = None
     width: int = 64  # convnet only
     depth: int = 3  # convnet only
     # where the soft labels come from: the stored pool, the teacher online, or none (hard)
     labels: str = "stored"
-    # the recipe
-    epochs: int = 300
-    batch_size: int = 50
+    # the recipe; None: the preset's (batch size: the label store's row size, if stored)
+    epochs: int | None = None
+    batch_size: int | None = None
     loss: str = "kl"
-    temperature: float = 20.0
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01  # on parameters with more than one dimension only
-    warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
-    mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
+    temperature: float | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None  # on parameters with more than one dimension only
+    warmup_epochs: int | None = None  # linear warm-up, then cosine per epoch
+    mix: str | None = None  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
 
     def validate(self) -> None:
+        """Check every given value (None: unset, the preset decides)."""
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"unknown label mode {self.labels!r}",
                               "--labels takes a label store id, online or hard")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown --loss {self.loss!r}",
-                              f"choose one of: {', '.join(LOSSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown --optimizer {self.optimizer!r}",
-                              f"choose one of: {', '.join(OPTIMIZERS)}")
-        if not self.temperature > 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"--temperature must be a positive number (got {self.temperature})")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"--lr must be a positive number (got {self.lr})")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight decay must be non-negative (got {self.weight_decay})")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        DATASETS.check(self.dataset)
+        if self.model is not None:
+            model_key(self.model)
+        at_least("--width", self.width, 1)
+        at_least("--depth", self.depth, 1)
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 1)
+        one_of("--loss", self.loss, LOSSES)
+        one_of("--optimizer", self.optimizer, OPTIMIZERS)
+        positive("--temperature", self.temperature)
+        positive("--lr", self.lr)
+        at_least("--weight-decay", self.weight_decay, 0)
+        at_least("--warmup-epochs", self.warmup_epochs, 0)
+        if (self.warmup_epochs is not None and self.epochs is not None
+                and not self.warmup_epochs < self.epochs):
             raise ConfigError(f"warm-up epochs must be in [0, --epochs) (got {self.warmup_epochs})")
-        if self.mix not in MIXES:
-            raise ConfigError(f"unknown mix {self.mix!r}", f"choose one of: {', '.join(MIXES)}")
+        one_of("mix", self.mix, MIXES)
+        at_least("--seed", self.seed, 0)
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
+
+    def resolved(self, preset: Preset | None = None, row_size: int | None = None
+                 ) -> TrainConfig:
+        """Unset fields take the preset's value; the batch size a label store's `row_size`."""
+        self.validate()
+        p = preset or get_preset(self.dataset)
+        out = fill(self, model=p.student_model, epochs=p.train_epochs,
+                   batch_size=row_size or p.train_batch_size, temperature=p.temperature,
+                   optimizer=p.optimizer, lr=p.lr, weight_decay=p.weight_decay,
+                   warmup_epochs=p.warmup_epochs, mix=p.mix)
+        out.validate()  # the cross-field checks, now that every field is set
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What names the student: the resolved config."""
+        return asdict(self.resolved())
 
 
 # --------------------------------------------------------------------- the pieces
@@ -143,6 +161,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError("stored-label training needs a label store",
                               "pass --labels ID, or make one with `lpld relabel`")
         pool = LabelPool.open(labels)
+        config = config.resolved(row_size=pool.batch_size)
         if pool.batch_size != config.batch_size:
             raise ConfigError(
                 f"--batch-size {config.batch_size} differs from the label store's row size "
@@ -162,7 +181,8 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
         parents.append(teacher.id)
 
-    hit = None if force else store.cached("student", asdict(config), parents)
+    config = config.resolved()
+    hit = None if force else store.cached("student", config.identity(), parents)
     if hit is not None:  # no need to load the dataset or build the network
         return hit
     dataset = images.selectors.get("dataset", config.dataset)
@@ -186,7 +206,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
                  "ratio": labels.selectors.get("ratio", 1.0) if stored else None,
                  "granularity": labels.selectors.get("granularity") if stored else None,
                  "labels": config.labels, "model": config.model}
-    return store.produce("student", asdict(config), parents, build, force=force,
+    return store.produce("student", config.identity(), parents, build, force=force,
                          resumable=True, selectors=selectors)
 
 

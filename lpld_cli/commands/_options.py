@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from lpld_cli.checks import at_least
 from lpld_cli.commands._ui import errors_to_exit
 from lpld_cli.device import resolve_device
 from lpld_cli.storage.store import Artifact, Store
@@ -67,9 +68,10 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
         store = kwargs.pop("store") or Path(os.environ.get("LPLD_STORE", "lpld-store"))
-        common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
-                        kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
         with errors_to_exit():
+            at_least("--seed", kwargs["seed"], 0)
+            common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
+                            kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
             return func(common, **kwargs)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _COMMON

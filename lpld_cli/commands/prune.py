@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.scores import PRUNE_METRICS
@@ -52,6 +52,7 @@ def command(
         show_default=False)] = None,
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
+    at_least("--ipc", ipc, 1)
     config = PruneConfig(ratio=parse_ratio(ratio), granularity=granularity, metric=metric,
                          select=select, calibrate_easy=calibrate_easy,
                          calibrate_hard=calibrate_hard, seed=common.seed)

@@ -6,10 +6,9 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import at_least
 from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.data.presets import get_preset
-from lpld_cli.errors import ConfigError
 from lpld_cli.relabel import RelabelConfig, relabel
 
 
@@ -49,23 +48,15 @@ def command(
 ) -> None:
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
-    if ipc is not None and ipc < 1:
-        raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
-    if threads < 0:
-        raise ConfigError(f"--threads must be 0 or more (got {threads})")
-    # Explicit values are checked before looking anything up in the store.
-    RelabelConfig(epochs=1 if epochs is None else epochs,
-                  batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
-                  logits_dtype=logits_dtype, codec=codec,
-                  rows_per_chunk=rows_per_chunk).validate()
-    images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
-    preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
-    config = RelabelConfig(
-        epochs=preset.relabel_epochs if epochs is None else epochs,
-        batch_size=preset.relabel_batch_size if batch_size is None else batch_size,
-        mix=mix or preset.mix, logits_dtype=logits_dtype, codec=codec,
-        rows_per_chunk=rows_per_chunk, seed=common.seed)
+    at_least("--ipc", ipc, 1)
+    at_least("--threads", threads, 0)
+    # Explicit values are checked before anything is looked up in the store; the stage fills
+    # the unset ones from the image set's dataset preset.
+    config = RelabelConfig(epochs=epochs, batch_size=batch_size, mix=mix,
+                           logits_dtype=logits_dtype, codec=codec,
+                           rows_per_chunk=rows_per_chunk, seed=common.seed)
     config.validate()
+    images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
     teacher_artifact = common.store.get(teacher, kind="teacher") if teacher else None
     with RichReporter() as reporter:
         artifact = relabel(common.store, config, images, teacher_artifact,

@@ -9,22 +9,21 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.data.presets import get_preset
+from lpld_cli.data.presets import DATASETS
+from lpld_cli.models.zoo import model_choices
 from lpld_cli.squeeze import SqueezeConfig, squeeze
 
 
 @common_options
 def command(
     common: Common,
-    dataset: Annotated[str, typer.Option(help="fashion-mnist | mnist | imagefolder | "
-                                         "tiny-imagenet | imagenet-1k | imagenet-21k-p")
-                       ] = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(help=DATASETS.choices())] = "fashion-mnist",
     data: Annotated[str | None, typer.Option(
         help="Dataset folder [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        help="convnet | resnet18 | resnet50 | mobilenet_v2 | efficientnet_b0 | timm:<name> "
-             "[default: the dataset preset's].", show_default=False)] = None,
+        help=f"{model_choices()} [default: the dataset preset's].",
+        show_default=False)] = None,
     width: Annotated[int, typer.Option(help="ConvNet width.")] = 64,
     depth: Annotated[int, typer.Option(help="ConvNet depth (conv blocks).")] = 3,
     weights: Annotated[Path | None, typer.Option(
@@ -45,13 +44,10 @@ def command(
              "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
 ) -> None:
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
-    preset = get_preset(dataset)
     config = SqueezeConfig(
-        dataset=dataset, model=model or preset.teacher_model, width=width, depth=depth,
-        teacher_epochs=preset.teacher_epochs if teacher_epochs is None else teacher_epochs,
-        batch_size=batch_size or preset.teacher_batch_size,
-        lr=preset.teacher_lr if lr is None else lr, weight_decay=preset.teacher_weight_decay,
-        bn_stats=bn_stats, train_subset=train_subset, seed=common.seed)
+        dataset=dataset, model=model, width=width, depth=depth, teacher_epochs=teacher_epochs,
+        batch_size=batch_size, lr=lr, bn_stats=bn_stats, train_subset=train_subset,
+        seed=common.seed)
     device = common.device
     with RichReporter(quiet=False) as reporter:
         artifact = squeeze(common.store, config, data_root=data, weights=weights,

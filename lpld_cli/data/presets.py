@@ -133,7 +133,7 @@ class DatasetEntry:
     loader: Callable[[str, str | None], Any]
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset", "--dataset")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "dataset")
 _IDX = lazy("lpld_cli.data.datasets", "load_idx_dataset")
 _FOLDER = lazy("lpld_cli.data.datasets", "load_folder_dataset")
 DATASETS.add("fashion-mnist", DatasetEntry(PRESETS["fashion-mnist"], 10, _IDX),

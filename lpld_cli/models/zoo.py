@@ -16,7 +16,7 @@ from lpld_cli.registry import Registry, lazy
 TIMM_PREFIX = "timm:"
 
 # spec → nn.Module
-MODELS: Registry[Callable[[dict[str, Any]], Any]] = Registry("model", "--model")
+MODELS: Registry[Callable[[dict[str, Any]], Any]] = Registry("model", "model")
 MODELS.add("convnet", lazy("lpld_cli.models.factory", "build_convnet"),
            help="depth × [conv3x3 → BN → ReLU → avg-pool 2], --width channels")
 for _arch in ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"):

@@ -10,7 +10,7 @@ import typer
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
-from lpld_cli.reports.storage import plan_row, storage_report
+from lpld_cli.reports.storage import check_plan_options, plan_row, storage_report
 from lpld_cli.storage.labels import COMPONENTS
 
 GIB = 1 << 30
@@ -44,6 +44,8 @@ def command(
 ) -> None:
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
+    # checked with or without --plan: a given number is never silently ignored
+    check_plan_options(ipc, epochs, batch_size, classes, image_bytes)
     if plan is not None:
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
