@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -47,8 +49,12 @@ def test_label_smoothing_resolved_from_the_preset_and_named_in_the_id() -> None:
         SqueezeConfig(label_smoothing=1.5).resolved()
 
 
-def test_teacher_training_uses_the_label_smoothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_teacher_training_uses_the_label_smoothing(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path) -> None:
     import lpld_cli.squeeze as squeeze_module
+    from lpld_cli.data.presets import DATASETS, DatasetEntry
+    from lpld_cli.storage.store import Store
+    from tests.test_registry import _toy_loader
 
     seen: list[float] = []
     real = nn.CrossEntropyLoss
@@ -58,19 +64,15 @@ def test_teacher_training_uses_the_label_smoothing(monkeypatch: pytest.MonkeyPat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(squeeze_module.nn, "CrossEntropyLoss", recording)
-    model = build_model(model_spec("convnet", 3, 1, 8, width=4, depth=1))
-
-    class Data:  # the two calls _train_teacher makes
-        def num_batches(self, split, batch_size):
-            return 1
-
-        def batches(self, *args, **kwargs):
-            yield torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
-
-    config = SqueezeConfig(teacher_epochs=1, label_smoothing=0.2).resolved()
-    squeeze_module._train_teacher(model, Data(), config, torch.device("cpu"),
-                                  torch.Generator().manual_seed(0), squeeze_module.SILENT)
-    assert seen == [0.2]
+    preset = replace(get_preset("fashion-mnist"), image_size=8, mean=(0.5,), std=(0.25,),
+                     teacher_epochs=1, teacher_batch_size=32, label_smoothing=0.2)
+    DATASETS.add("toy-smooth", DatasetEntry(preset, 3, _toy_loader))
+    try:
+        teacher = squeeze_module.squeeze(Store(tmp_path / "s"), SqueezeConfig(
+            dataset="toy-smooth", width=4, depth=1))
+    finally:
+        DATASETS.remove("toy-smooth")
+    assert seen == [0.2] and teacher.config["label_smoothing"] == 0.2
 
 
 class DeclaredOutOfOrder(nn.Module):
