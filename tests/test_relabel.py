@@ -201,9 +201,10 @@ def test_interrupted_relabel_resumes_to_the_same_store(store_with_teacher: Store
 
 
 def _config_dict(config: RelabelConfig) -> dict:
-    from dataclasses import asdict
+    """What names the label store: the config resolved with the images' preset."""
+    from lpld_cli.data.presets import get_preset
 
-    return asdict(config)
+    return config.resolved(get_preset("fashion-mnist")).identity()
 
 
 @pytest.mark.slow
