@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -18,8 +19,9 @@ ZERO_OK = {
     "--calibrate-hard", "--weight-decay", "--warmup-epochs", "--eval-every",
 }
 # Arguments a command needs; squeeze's --data makes an accepted value stop at loading the data.
-REQUIRED = {"prune": ["--ratio", "2"], "report lineage": ["0" * 12],
-            "squeeze": ["--data", "/nonexistent/lpld-test-data"]}
+# (A required positional argument gets a 12-hex artifact prefix that matches nothing.)
+REQUIRED = {"prune": ["--ratio", "2"], "squeeze": ["--data", "/nonexistent/lpld-test-data"]}
+ARGUMENTS: dict[str, list[str]] = {}
 
 
 def numeric_options() -> list[tuple[str, str]]:
@@ -27,10 +29,13 @@ def numeric_options() -> list[tuple[str, str]]:
     found = []
 
     def walk(cmd, path: list[str]) -> None:
-        if hasattr(cmd, "commands"):
-            for name, sub in cmd.commands.items():
-                walk(sub, [*path, name])
+        if hasattr(cmd, "list_commands"):  # a group (lazy: commands load on request)
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), [*path, name])
             return
+        ARGUMENTS[" ".join(path)] = ["0" * 12 for p in cmd.params
+                                     if p.param_type_name == "argument"]
         for param in cmd.params:
             kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
             if kind is None:  # plain click
@@ -55,7 +60,7 @@ def test_the_option_list_is_complete() -> None:
 @pytest.mark.parametrize("value", ["0", "-1"])
 @pytest.mark.parametrize("command,option", OPTIONS)
 def test_zero_and_minus_one(command: str, option: str, value: str, tmp_path: Path) -> None:
-    args = [*command.split(), *REQUIRED.get(command, []), option, value,
+    args = [*command.split(), *ARGUMENTS[command], *REQUIRED.get(command, []), option, value,
             "--store", str(tmp_path / "store")]
     result = CliRunner().invoke(app, args)
     out = result.output

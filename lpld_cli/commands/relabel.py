@@ -7,20 +7,30 @@ from typing import Annotated
 import typer
 
 from lpld_cli.checks import at_least
-from lpld_cli.commands._options import Common, common_options, resolve_parent
+from lpld_cli.commands._options import (
+    Common,
+    Newest,
+    answered_request,
+    common_options,
+    resolve_parent,
+)
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.relabel import RelabelConfig, relabel
+from lpld_cli.data.presets import get_preset
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
 def command(
     common: Common,
     ipc: Annotated[int | None, typer.Option(
-        help="Use the newest image set with this many images per class.",
+        help="Use the image set with this many images per class.",
         show_default=False)] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Image set id (or prefix) to relabel [default: newest matching].",
+        "--from", help="Image set id (or prefix) to relabel [default: the one matching; see "
+        "--newest].",
         show_default=False)] = None,
+    newest: Newest = False,
     teacher: Annotated[str | None, typer.Option(
         help="Teacher id [default: the image set's own teacher].", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
@@ -48,20 +58,36 @@ def command(
 ) -> None:
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    key, hit = answered_request(common, "relabel", options, "images", from_, newest, ipc=ipc,
+                                dataset=dataset, method=method)
+    if hit is not None:  # answered before: no torch, no teacher, no images read
+        return _report(common, hit)
+    from lpld_cli.relabel import RelabelConfig, relabel
+
     at_least("--ipc", ipc, 1)
     at_least("--threads", threads, 0)
-    # Explicit values are checked before anything is looked up in the store; the stage fills
-    # the unset ones from the image set's dataset preset.
-    config = RelabelConfig(epochs=epochs, batch_size=batch_size, mix=mix,
-                           logits_dtype=logits_dtype, codec=codec,
-                           rows_per_chunk=rows_per_chunk, seed=common.seed)
-    config.validate()
-    images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
+    # Explicit values are checked before anything is looked up in the store; unset ones
+    # (None) take the image set's recipe preset.
+    given = RelabelConfig(epochs=epochs, batch_size=batch_size, mix=mix,
+                          logits_dtype=logits_dtype, codec=codec,
+                          rows_per_chunk=rows_per_chunk, seed=common.seed)
+    given.validate()
+    images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,
+                            method=method)
+    config = given.resolved(get_preset(images.selectors.get("recipe")
+                                       or images.selectors.get("dataset") or "fashion-mnist"))
     teacher_artifact = common.store.get(teacher, kind="teacher") if teacher else None
     with RichReporter() as reporter:
         artifact = relabel(common.store, config, images, teacher_artifact,
                            device=common.device, force=common.force, reporter=reporter,
                            threads=threads or None)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("relabel", artifact, m), common.json,
