@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.speed import figure
     from benchmarks.synthetic import synthetic_images, synthetic_teacher
+    from lpld_cli.data.presets import get_preset
     from lpld_cli.device import resolve_device
     from lpld_cli.relabel import RelabelConfig
     from lpld_cli.storage.store import Store
@@ -157,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                                         **s["spec"])
             images = synthetic_images(store, teacher, s["per_class"], s["classes"], s["size"],
                                       s["channels"])
-            config = RelabelConfig(epochs=s["epochs"], batch_size=s["batch"], seed=0,
+            config = RelabelConfig(epochs=s["epochs"], batch_size=s["batch"], mix="cutmix", seed=0,
                                    rows_per_forward=s["k"], keep=s["keep"])
-            resolved = config.resolved(device)
+            resolved = config.resolved(get_preset("fashion-mnist")).with_precision(device)
             done = run_relabel(store.root, images.id, {**config.__dict__}, args.device,
                                args.threads)
             m = done["metrics"]

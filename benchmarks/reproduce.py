@@ -34,6 +34,8 @@ from benchmarks._common import (  # noqa: E402
     results_md_path,
     write_json,
 )
+from lpld_cli.data.scores import PRUNE_METRICS, scored  # noqa: E402
+from lpld_cli.prune import SELECTIONS  # noqa: E402
 
 METHODS = ("sre2l", "cda", "lpld")
 # How each images variant is recovered, and from which teacher.
@@ -62,8 +64,8 @@ TABLE4 = [  # row id, label, flags, images variant, pool granularity
 ]
 # The online-teacher upper bound is trained for these image sets only (CPU budget).
 ONLINE = ("lpld", "real")
-SCORES = ("correct", "diff", "signed-diff", "cut-ratio", "confidence")
-SELECTIONS = ("easy", "hard", "uniform")
+# Table 5a: every scored prune metric of the registry (a new metric gets its rows).
+SCORES = tuple(m for m in PRUNE_METRICS if scored(m))
 
 
 @dataclass

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.relabel_speed import forward_rate
+    from lpld_cli.data.presets import get_preset
     from lpld_cli.device import resolve_device
     from lpld_cli.recover import RecoverConfig, recover
     from lpld_cli.relabel import RelabelConfig, relabel
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         rl = relabel(scratch, rl_config, images_s, device=device, force=True,
                      threads=args.threads)
         rl_rate = rl.metrics["rows_labelled"] / rl.metrics["seconds"]
-        fwd_rate = forward_rate(scratch, teacher_s, images_s, rl_config.resolved(device), device)
+        rl_resolved = rl_config.resolved(get_preset("fashion-mnist")).with_precision(device)
+        fwd_rate = forward_rate(scratch, teacher_s, images_s, rl_resolved, device)
         figures["relabel"] = figure(
             f"relabel rows/s ({rl.metrics['rows']} rows of 50, E={relabel_epochs}, "
             f"K={rl_config.rows_per_forward})", "relabel", rl_rate, "teacher forward only",

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from lpld_cli import stage_module
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.data.label_pool import choose_random, keep_count
+from lpld_cli.data.scores import PRUNE_METRICS, Slots, scored
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import image_labels
@@ -49,24 +50,10 @@ from lpld_cli.storage.labels import (
 from lpld_cli.storage.store import Artifact, Staging, Store
 
 GRANULARITIES = ("batch", "epoch")
-# Appendix E.1's five scores; `random` and `first` need no score.
-SCORES = ("correct", "diff", "signed-diff", "cut-ratio", "confidence")
-METRICS = ("random", "first", *SCORES)
+# The builtin metrics as tuples (snapshots for tests; the code reads PRUNE_METRICS).
+METRICS = PRUNE_METRICS.keys()
+SCORES = tuple(m for m in METRICS if scored(m))
 SELECTIONS = ("easy", "hard", "uniform")
-# One line each; the command's --help repeats these.
-METRIC_HELP = {
-    "random": "seeded uniform choice without replacement",
-    "first": "the first complete rows in global (batch_id) order: the authors' released rule",
-    "correct": "share of slots whose teacher top-1 is the slot's true class; a mixed slot "
-               "counts λ for its own image's class and 1 − λ for its partner's",
-    "diff": "top-1 minus top-2 softmax probability (≥ 0; a margin, class-blind)",
-    "signed-diff": "softmax probability of the true class minus the largest other one "
-                   "(negative when the teacher is wrong); λ-weighted over the two classes "
-                   "of a mixed slot",
-    "cut-ratio": "the dominant image's share of a slot, max(λ, 1 − λ) (1 for an unmixed "
-                 "slot, 0.5 for an even CutMix)",
-    "confidence": "largest softmax probability",
-}
 
 
 @dataclass(frozen=True)
@@ -84,7 +71,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         # A score metric defaults to `uniform`; random/first have no selection.
-        if self.metric in SCORES and self.select is None:
+        if self.metric in PRUNE_METRICS and scored(self.metric) and self.select is None:
             object.__setattr__(self, "select", "uniform")
 
     def validate(self) -> None:
@@ -92,66 +79,47 @@ class PruneConfig:
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"unknown --granularity {self.granularity!r}",
                               f"choose one of: {', '.join(GRANULARITIES)}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"unknown --metric {self.metric!r}",
-                              f"choose one of: {', '.join(METRICS)}")
+        PRUNE_METRICS.check(self.metric)
         if self.select is not None and self.select not in SELECTIONS:
             raise ConfigError(f"unknown --select {self.select!r}",
                               f"choose one of: {', '.join(SELECTIONS)}")
-        if self.select is not None and self.metric not in SCORES:
+        if self.select is not None and not scored(self.metric):
+            scores = [m for m in PRUNE_METRICS if scored(m)]
             raise ConfigError(f"--select applies to scored metrics only, not --metric "
-                              f"{self.metric}", f"use it with one of: {', '.join(SCORES)}")
+                              f"{self.metric}", f"use it with one of: {', '.join(scores)}")
         for name, value in (("--calibrate-easy", self.calibrate_easy),
                             ("--calibrate-hard", self.calibrate_hard)):
             if not (math.isfinite(value) and 0 <= value < 1):
                 raise ConfigError(f"{name} must be a fraction in [0, 1) (got {value})",
                                   "e.g. 0.1 drops the 10% of rows with that extreme confidence")
+        at_least("--seed", self.seed, 0)
         if self.calibrate_easy + self.calibrate_hard >= 1:
             raise ConfigError(
                 f"--calibrate-easy + --calibrate-hard must be below 1 (got "
                 f"{self.calibrate_easy} + {self.calibrate_hard})", "nothing would be left to keep")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def resolved(self, preset: Any = None) -> PruneConfig:
+        """Nothing comes from a preset: the config itself, validated (`select`: see above)."""
+        self.validate()
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What names the pruned label store."""
+        return asdict(self.resolved())
 
 
 # ---------------------------------------------------------------------- scores
 def slot_scores(metric: str, logits: torch.Tensor, own: torch.Tensor, partner: torch.Tensor,
                 mixed: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Per-slot easiness [r, B] of one of SCORES (higher = easier).
-
-    logits [r, B, C] float; own / partner [r, B] the true class of the slot's image and of
-    its CutMix partner (−1 where unknown or empty); mixed [r, B] bool (partner is another
-    slot); lam [r] the share of each slot's own image.
-    """
-    lam = lam.float().view(-1, 1)
-    share = torch.where(mixed, lam, torch.ones_like(lam).expand_as(mixed))  # own image's share
-    if metric == "cut-ratio":
-        return torch.maximum(share, 1 - share)
-    prob = torch.softmax(logits.float(), dim=-1)
-    k = min(2, prob.shape[-1])
-    top = torch.topk(prob, k, dim=-1)
-    first = top.values[..., 0]
-    second = top.values[..., 1] if k == 2 else torch.zeros_like(first)
-    if metric == "confidence":
-        return first
-    if metric == "diff":
-        return first - second
-    own_c, partner_c = own.clamp(min=0).long(), partner.clamp(min=0).long()
-    if metric == "correct":
-        top1 = top.indices[..., 0]
-        return share * (top1 == own_c).float() + (1 - share) * (top1 == partner_c).float()
-    if metric == "signed-diff":
-        def margin(c: torch.Tensor) -> torch.Tensor:
-            p_c = prob.gather(-1, c.unsqueeze(-1)).squeeze(-1)
-            best_other = torch.where(top.indices[..., 0] == c, second, first)
-            return p_c - best_other
-        return share * margin(own_c) + (1 - share) * margin(partner_c)
-    raise ValueError(f"not a score metric: {metric!r}")
+    """Per-slot easiness [r, B] of a scored metric (data/scores.py; higher = easier)."""
+    score = PRUNE_METRICS.get(metric).score
+    if score is None:
+        raise ValueError(f"not a score metric: {metric!r}")
+    return score(Slots(logits, own, partner, mixed, lam))
 
 
 def needs_classes(metric: str) -> bool:
-    return metric in ("correct", "signed-diff")
+    return PRUNE_METRICS.get(metric).needs_classes
 
 
 def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = None,
@@ -181,7 +149,7 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
             partner = torch.where(partner_img >= 0, cls[partner_img.clamp(min=0)], own)
         else:
             own = partner = torch.full_like(index, -1)
-        if metric == "cut-ratio":  # λ only: the logits are not read
+        if not PRUNE_METRICS.get(metric).reads_logits:  # e.g. cut-ratio: λ only
             logits = torch.zeros(*index.shape, 1)
         else:
             logits = decode_logits(_read(labels, "logits", start, stop), dtype)
@@ -285,7 +253,7 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
         total_units = len(present)
 
     n = keep_count(total_units, config.ratio)
-    need_score = config.metric in SCORES
+    need_score = scored(config.metric)
     need_conf = config.calibrate_easy > 0 or config.calibrate_hard > 0
     metrics = ([config.metric] if need_score else []) + (
         ["confidence"] if need_conf and config.metric != "confidence" else [])
@@ -397,7 +365,7 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
             metrics["score_kept_mean"] = float(chosen.kept_score.mean())
         return metrics
 
-    return store.produce("labels", config.to_dict(), [parent.id], build, force=force,
+    return store.produce("labels", config.identity(), [parent.id], build, force=force,
                          selectors=selectors)
 
 

@@ -51,6 +51,7 @@ from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import bn_layers
+from lpld_cli.models.recover_methods import RECOVER_METHODS
 from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import (
@@ -62,17 +63,9 @@ from lpld_cli.storage.images import (
 )
 from lpld_cli.storage.store import Artifact, Store
 
-METHODS = ("lpld", "sre2l", "cda", "real")
 BATCHINGS = ("class", "mixed")
 BN_TARGETS = ("class", "global")
 CROP_SCHEDULES = ("fixed", "cosine")
-# Each method's defaults (paper Table 4: explicit --batching / --bn-target override them).
-METHOD_DEFAULTS: dict[str, dict[str, str]] = {
-    "lpld": {"batching": "class", "bn_target": "class", "crop_schedule": "fixed"},
-    "sre2l": {"batching": "mixed", "bn_target": "global", "crop_schedule": "fixed"},
-    # CDA: SRe²L with a curriculum on the crop's minimum scale (cosine 1.0 → 0.08).
-    "cda": {"batching": "mixed", "bn_target": "global", "crop_schedule": "cosine"},
-}
 # Pixels per optimisation step when --classes-per-step is not given: ~330 images of
 # 28 px on a CPU; ~100 images of 224 px (the authors' SRe²L batch) on a GPU.
 _PIXEL_BUDGET = {"cpu": 1 << 18, "cuda": 100 * 224 * 224}
@@ -82,7 +75,7 @@ _PIXEL_BUDGET = {"cpu": 1 << 18, "cuda": 100 * 224 * 224}
 class RecoverConfig:
     ipc: int = 10
     method: str = "lpld"
-    # None: the method's default (METHOD_DEFAULTS)
+    # None: the method's default (models/recover_methods.py)
     batching: str | None = None
     bn_target: str | None = None
     crop_schedule: str | None = None
@@ -105,9 +98,7 @@ class RecoverConfig:
         if self.ipc < 1:
             raise ConfigError(f"--ipc must be at least 1 (got {self.ipc})",
                               "images per class, e.g. --ipc 10")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown --method {self.method!r}",
-                              f"choose one of: {', '.join(METHODS)}")
+        RECOVER_METHODS.check(self.method)
         if self.batching is not None and self.batching not in BATCHINGS:
             raise ConfigError(f"unknown --batching {self.batching!r}", "choose class or mixed")
         if self.bn_target is not None and self.bn_target not in BN_TARGETS:
@@ -118,7 +109,7 @@ class RecoverConfig:
                               "choose fixed or cosine")
         checks = [("--iterations", self.iterations, 1), ("--jitter", self.jitter, 0),
                   ("--classes-per-step", self.classes_per_step, 1),
-                  ("--mixed-batch", self.mixed_batch, 1)]
+                  ("--mixed-batch", self.mixed_batch, 1), ("--seed", self.seed, 0)]
         for name, value, low in checks:
             if value is not None and value < low:
                 raise ConfigError(f"{name} must be at least {low} (got {value})")
@@ -132,20 +123,20 @@ class RecoverConfig:
     def resolved(self, preset: Preset, dataset: str) -> RecoverConfig:
         """Fill in the method's and the preset's defaults (validates first)."""
         self.validate()
-        if self.method == "real":  # no optimisation: the synthesis knobs do not apply
+        method = RECOVER_METHODS.get(self.method)
+        if not method.synthesises:  # real images: the synthesis knobs do not apply
             return replace(self, batching=None, bn_target=None, crop_schedule=None,
                            iterations=None, lr=None, r_bn=None, first_bn_multiplier=None,
                            jitter=None, dataset=dataset)
-        defaults = METHOD_DEFAULTS[self.method]
 
         def pick(value, default):
             return default if value is None else value
 
         return replace(
             self, dataset=dataset,
-            batching=pick(self.batching, defaults["batching"]),
-            bn_target=pick(self.bn_target, defaults["bn_target"]),
-            crop_schedule=pick(self.crop_schedule, defaults["crop_schedule"]),
+            batching=pick(self.batching, method.batching),
+            bn_target=pick(self.bn_target, method.bn_target),
+            crop_schedule=pick(self.crop_schedule, method.crop_schedule),
             iterations=pick(self.iterations, preset.recover_iterations),
             lr=pick(self.lr, preset.recover_lr), r_bn=pick(self.r_bn, preset.r_bn),
             first_bn_multiplier=pick(self.first_bn_multiplier, preset.first_bn_multiplier),
@@ -276,10 +267,12 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
     std = torch.tensor(data["std"], device=device).view(1, -1, 1, 1)
     low, high = (0 - mean) / std, (1 - mean) / std
 
-    # (layer index, input) in the order the forward pass reaches the BN layers
+    # (layer index, input) in the order the forward pass reaches the BN layers: targets are
+    # matched by layer, the first-layer weight goes to the first layer reached
     captured: list[tuple[int, torch.Tensor]] = []
     hooks = [bn.register_forward_pre_hook(
         lambda _m, inp, i=i: captured.append((i, inp[0]))) for i, bn in enumerate(layers)]
+    names = list(bn_layers(model))
     optimizer = torch.optim.Adam([x], lr=config.lr, betas=(0.5, 0.9), eps=1e-8)
     iterations = config.iterations
     try:
@@ -304,6 +297,7 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
             ce = F.cross_entropy(logits.float(), labels, reduction="none").view(k, n).mean(1)
             mean_terms, var_terms = bn_terms(captured, k, target_mean, target_var)
             bn_loss = torch.zeros(k, device=device)
+            check_forward_order(captured, names)
             for position in range(len(captured)):
                 weight = config.first_bn_multiplier if position == 0 else 1.0
                 bn_loss = bn_loss + weight * (mean_terms[position] + var_terms[position])
@@ -322,6 +316,18 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
         for hook in hooks:
             hook.remove()
     return x.detach()
+
+
+def check_forward_order(captured: list[tuple[int, torch.Tensor]], names: list[str]) -> None:
+    """Every BN layer ran exactly once in the forward pass, else the targets cannot match."""
+    counts = [0] * len(names)
+    for i, _ in captured:
+        counts[i] += 1
+    wrong = [f"{names[i]} ran {c} times" for i, c in enumerate(counts) if c != 1]
+    if wrong:
+        raise ConfigError(f"the teacher's BN layers do not each run once per forward pass "
+                          f"({'; '.join(wrong[:3])}), so recover cannot match their targets",
+                          "use a teacher whose BatchNorm2d layers are each applied once")
 
 
 def default_classes_per_step(unit_size: int, image_size: int, device: torch.device) -> int:
@@ -373,7 +379,7 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
         w = dist.world()
         # rank 0 reads what is done before any rank writes, so every rank plans alike
         done = dist.broadcast(done_classes(staging.path) if w.main else None, w)
-        if config.method == "real":
+        if not RECOVER_METHODS.get(config.method).synthesises:
             computed = (_save_real(config, staging.path, data_root, num_classes, done,
                                    net.data) if w.main else 0)
         else:

@@ -39,8 +39,10 @@ import numpy as np
 import torch
 
 from lpld_cli import stage_module
+from lpld_cli.checks import at_least, fill, one_of
 from lpld_cli.data import augment
 from lpld_cli.data.label_pool import random_pool_rows
+from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import PRECISIONS, check_precision, default_precision
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.teacher import group_logits, load_teacher
@@ -67,10 +69,10 @@ DEFAULT_ROWS_PER_FORWARD = 4
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    # the schedule (paper Tables 12, 15, 18; Fashion-MNIST by measurement)
-    epochs: int = 300
-    batch_size: int = 50
-    mix: str = "cutmix"
+    # the schedule (paper Tables 12, 15, 18; Fashion-MNIST by measurement); None: the preset's
+    epochs: int | None = None
+    batch_size: int | None = None
+    mix: str | None = None
     # storage
     logits_dtype: str = "float16"
     codec: str = "zstd"
@@ -84,40 +86,42 @@ class RelabelConfig:
     keep: float = 1.0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.mix not in augment.MIXES:
-            raise ConfigError(f"unknown --mix {self.mix!r}",
-                              f"choose one of: {', '.join(augment.MIXES)}")
-        if self.logits_dtype not in LOGITS_DTYPES:
-            raise ConfigError(f"unknown --logits-dtype {self.logits_dtype!r}",
-                              f"choose one of: {', '.join(LOGITS_DTYPES)}")
-        if self.codec not in CODECS:
-            raise ConfigError(f"unknown --codec {self.codec!r}",
-                              f"choose one of: {', '.join(CODECS)}")
-        if self.rows_per_chunk is not None and self.rows_per_chunk < 1:
-            raise ConfigError(f"--rows-per-chunk must be at least 1 (got {self.rows_per_chunk})")
-        if self.rows_per_shard is not None and self.rows_per_shard < 1:
-            raise ConfigError(f"--rows-per-shard must be at least 1 (got {self.rows_per_shard})")
+        """Check every given value (None: unset, the preset decides)."""
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 1)
+        one_of("--mix", self.mix, augment.MIXES)
+        one_of("--logits-dtype", self.logits_dtype, LOGITS_DTYPES)
+        one_of("--codec", self.codec, CODECS)
+        at_least("--rows-per-chunk", self.rows_per_chunk, 1)
+        at_least("--rows-per-shard", self.rows_per_shard, 1)
+        at_least("--seed", self.seed, 0)
         chunk, shard = self.rows_per_chunk, self.rows_per_shard
         if chunk and shard and shard % chunk:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard} is not a multiple of "
                               f"--rows-per-chunk {self.rows_per_chunk}",
                               "a shard file holds whole chunks")
-        if self.rows_per_forward < 1:
-            raise ConfigError(f"--rows-per-forward must be at least 1 (got "
-                              f"{self.rows_per_forward})", "stored batches per teacher forward")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown --precision {self.precision!r}",
-                              f"choose one of: {', '.join(PRECISIONS)}")
+        at_least("--rows-per-forward", self.rows_per_forward, 1)
+        one_of("--precision", self.precision, PRECISIONS)
         if not (math.isfinite(self.keep) and self.keep >= 1):
             raise ConfigError(f"--keep must be at least 1x (got {self.keep})",
                               "e.g. --keep 40x labels the 1/40 of the rows prune --ratio 40x "
                               "keeps")
 
-    def resolved(self, device: torch.device) -> RelabelConfig:
+    def resolved(self, preset: Preset | None) -> RelabelConfig:
+        """Unset fields take the preset's value (validates first; None: nothing to fill)."""
+        self.validate()
+        if preset is None:
+            return self
+        return fill(self, epochs=preset.relabel_epochs, batch_size=preset.relabel_batch_size,
+                    mix=preset.mix)
+
+    def identity(self) -> dict[str, Any]:
+        """What names the label store (resolve first: the preset is the images' dataset's)."""
+        if None in (self.epochs, self.batch_size, self.mix):
+            raise ValueError("identity() of an unresolved RelabelConfig")
+        return asdict(self)
+
+    def with_precision(self, device: torch.device) -> RelabelConfig:
         """The config the identity records: the device's precision when none is given,
         checked against the device."""
         precision = self.precision or default_precision(device)
@@ -165,7 +169,7 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
     """
     config.validate()
     device = device or torch.device("cpu")
-    config = config.resolved(device)
+    config = config.with_precision(device)
     if images.kind != "images":
         raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set",
                           "pass an images id (made by `lpld recover`)")
@@ -175,8 +179,9 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
                               "pass --teacher ID")
         teacher = store.get(images.parents[0], kind="teacher")
     sel = images.selectors
+    config = config.resolved(_preset_of(sel, config))
     parents = [images.id, teacher.id]
-    full_id = store.artifact_id("labels", asdict(config.full()), parents)
+    full_id = store.artifact_id("labels", config.full().identity(), parents)
 
     def build(staging) -> dict[str, Any]:
         with _cpu_threads(threads if device.type == "cpu" else None):
@@ -184,7 +189,7 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
 
     pruned = config.keep > 1
     return store.produce(
-        "labels", asdict(config), parents, build, force=force, resumable=True,
+        "labels", config.identity(), parents, build, force=force, resumable=True,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
                    "method": sel.get("method"), "ratio": config.keep,
                    "granularity": "batch" if pruned else None,
@@ -192,6 +197,19 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
                    "batch_size": config.batch_size, "mix": config.mix,
                    "logits_dtype": config.logits_dtype, "relabel_seed": config.seed,
                    **({"recipe": sel["recipe"]} if sel.get("recipe") else {})})
+
+
+def _preset_of(selectors: dict[str, Any], config: RelabelConfig) -> Preset | None:
+    """The preset that fills unset fields: the image set's recipe or dataset. An image set
+    of an unregistered dataset (e.g. the benchmarks' synthetic sets) has none: then every
+    schedule field must be given."""
+    name = selectors.get("recipe") or selectors.get("dataset") or "fashion-mnist"
+    if name in DATASETS:
+        return get_preset(name)
+    if None in (config.epochs, config.batch_size, config.mix):
+        raise ConfigError(f"image set of dataset {name!r} has no preset",
+                          "give --epochs, --batch-size and --mix")
+    return None
 
 
 # --------------------------------------------------------------- open-or-resume

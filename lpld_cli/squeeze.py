@@ -16,14 +16,16 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lpld_cli import dist, stage_module
+from lpld_cli.checks import at_least, fill, fraction, one_of, positive
 from lpld_cli.data.datasets import RealData, load_dataset, load_imagefolder
 from lpld_cli.data.geometry import FolderInfo, inspect_folder, recipe_for
-from lpld_cli.data.presets import get_preset
+from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError, DataNotFoundError
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
@@ -36,24 +38,26 @@ from lpld_cli.models.factory import (
     model_spec,
 )
 from lpld_cli.models.teacher import save_teacher
+from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.store import Artifact, Store, sha256_file
 
 
 @dataclass(frozen=True)
 class SqueezeConfig:
-    # data and network
+    # data and network (model None: the dataset preset's teacher)
     dataset: str = "fashion-mnist"
-    model: str = "convnet"
+    model: str | None = None
     width: int = 64  # convnet only
     depth: int = 3  # convnet only
     # a given teacher (sha256 of --weights) replaces training
     weights_sha256: str | None = None
-    # the teacher's training recipe (SGD + Nesterov, cosine per step)
-    teacher_epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.05
-    weight_decay: float = 5e-4
+    # the teacher's training recipe (SGD + Nesterov, cosine per step); None: the preset's
+    teacher_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None  # ImageNet-21K-P: 0.2 (paper Table 16)
     # class-wise statistics: "exact" (pooled) or "ema" (the authors' per-batch EMA)
     bn_stats: str = "exact"
     # only this many (seeded, random) training images: quick first tries and tests
@@ -68,16 +72,26 @@ class SqueezeConfig:
     data_sha256: str | None = None
 
     def validate(self) -> None:
-        if self.teacher_epochs < 1 and self.weights_sha256 is None:
+        """Check every given value (None: unset, the preset decides)."""
+        DATASETS.check(self.dataset)
+        if self.model is not None:
+            model_key(self.model)
+        at_least("--width", self.width, 1)
+        at_least("--depth", self.depth, 1)
+        if self.teacher_epochs is not None and self.teacher_epochs < 1 and (
+                self.weights_sha256 is None):
             raise ConfigError(f"--teacher-epochs must be at least 1 (got {self.teacher_epochs})",
                               "or pass --weights to use a trained teacher")
-        if self.bn_stats not in BN_STATS_MODES:
-            raise ConfigError(f"unknown --bn-stats {self.bn_stats!r}", "choose exact or ema")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ConfigError(f"--train-subset must be at least 1 (got {self.train_subset})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.weights_sha256 is None and self.batch_size < self.world_size:
+        at_least("--teacher-epochs", self.teacher_epochs, 0)
+        at_least("--batch-size", self.batch_size, 1)
+        positive("--lr", self.lr)
+        at_least("weight decay", self.weight_decay, 0)
+        fraction("label smoothing", self.label_smoothing)
+        one_of("--bn-stats", self.bn_stats, BN_STATS_MODES)
+        at_least("--train-subset", self.train_subset, 1)
+        at_least("--seed", self.seed, 0)
+        if (self.weights_sha256 is None and self.batch_size is not None
+                and self.batch_size < self.world_size):
             raise ConfigError(f"--batch-size {self.batch_size} is smaller than the "
                               f"{self.world_size} ranks that split each batch")
         folder = (self.image_size, self.channels, self.recipe)
@@ -87,12 +101,25 @@ class SqueezeConfig:
         if self.recipe is not None:
             get_preset(self.recipe)  # an unknown name is a ConfigError
 
-    def identity(self) -> dict:
-        """The config that names the teacher: the world size only where it changes it, the
-        imagefolder fields only when set (the ids of the built-in datasets stay as they were)."""
-        out = asdict(self)
+    def resolved(self, preset: Preset | None = None) -> SqueezeConfig:
+        """Unset fields take the preset's value (the imagefolder recipe's; validates first)."""
+        self.validate()
+        p = preset or get_preset(self.recipe or self.dataset)
+        out = fill(self, model=p.teacher_model, teacher_epochs=p.teacher_epochs,
+                   batch_size=p.teacher_batch_size, lr=p.teacher_lr,
+                   weight_decay=p.teacher_weight_decay, label_smoothing=p.label_smoothing)
+        out.validate()  # the cross-field checks, now that every field is set
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What names the teacher: the resolved config; the world size only where it changes
+        it, label smoothing and the imagefolder fields only when set (the ids of the
+        built-in datasets stay as they were)."""
+        out = asdict(self.resolved())
         if self.world_size == 1 or self.weights_sha256 is not None:
             out.pop("world_size")  # one process, or given weights: exact stats, any N
+        if not out["label_smoothing"]:
+            out.pop("label_smoothing")
         for key in ("image_size", "channels", "recipe", "data_sha256"):
             if out[key] is None:
                 out.pop(key)
@@ -114,6 +141,7 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
     info = None
     if config.dataset == "imagefolder" and config.data_sha256 is None:
         config, info = folder_config(config, data_root)
+    config = config.resolved()
     if not force and (hit := store.cached("teacher", config.identity(), [])) is not None:
         return hit  # same inputs: skip loading data and building the network
     if config.dataset == "imagefolder":
@@ -216,7 +244,7 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
                                 lr=config.lr, momentum=0.9, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
     seen = 0
     model.train()
     task = reporter.task("train teacher", total)

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
 from lpld_cli import stage_module
+from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data.augment import CONTRACT, MIXES, ImageBank, Row, epoch_rows, replay
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.data.label_pool import LabelPool, Prefetcher
+from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import (
     PRECISIONS,
     check_precision,
@@ -41,7 +42,9 @@ from lpld_cli.device import (
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
+from lpld_cli.models.losses import LOSSES, student_loss
 from lpld_cli.models.teacher import load_teacher, teacher_logits
+from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.selection import select
@@ -50,10 +53,7 @@ from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
 ONLINE_STREAMS = ("fresh", "relabel")
-LOSSES = ("kl", "mse-gt")
 OPTIMIZERS = ("adamw", "sgd")
-# G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
-MSE_GT_CE_WEIGHT = 0.1
 CHECKPOINT = "checkpoint.pt"
 # Progress evaluations use the first test images only (the final top-1 uses all of them):
 # on Fashion-MNIST a full test pass costs as much as ~70 training steps of IPC10.
@@ -62,23 +62,23 @@ PROBE_IMAGES = 2000
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # the student network (trained from scratch)
+    # the student network (trained from scratch; model None: the preset's student)
     dataset: str = "fashion-mnist"
-    model: str = "convnet"
+    model: str | None = None
     width: int = 64  # convnet only
     depth: int = 3  # convnet only
     # where the soft labels come from: the stored pool, the teacher online, or none (hard)
     labels: str = "stored"
-    # the recipe
-    epochs: int = 300
-    batch_size: int = 50
+    # the recipe; None: the preset's (batch size: the label store's row size, if stored)
+    epochs: int | None = None
+    batch_size: int | None = None
     loss: str = "kl"
-    temperature: float = 20.0
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.01  # on parameters with more than one dimension only
-    warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
-    mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
+    temperature: float | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None  # on parameters with more than one dimension only
+    warmup_epochs: int | None = None  # linear warm-up, then cosine per epoch
+    mix: str | None = None  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
     precision: str | None = None  # autocast of the student; None: fp32 on CPU, bf16 on CUDA
     # --labels online only: "fresh" (None: the default) draws the online teacher's own
@@ -87,46 +87,53 @@ class TrainConfig:
     online_stream: str | None = None
 
     def validate(self) -> None:
+        """Check every given value (None: unset, the preset decides)."""
         if self.labels not in LABEL_MODES:
             raise ConfigError(f"unknown label mode {self.labels!r}",
                               "--labels takes a label store id, online or hard")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"unknown --loss {self.loss!r}",
-                              f"choose one of: {', '.join(LOSSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown --optimizer {self.optimizer!r}",
-                              f"choose one of: {', '.join(OPTIMIZERS)}")
-        if not self.temperature > 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"--temperature must be a positive number (got {self.temperature})")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"--lr must be a positive number (got {self.lr})")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight decay must be non-negative (got {self.weight_decay})")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        DATASETS.check(self.dataset)
+        if self.model is not None:
+            model_key(self.model)
+        at_least("--width", self.width, 1)
+        at_least("--depth", self.depth, 1)
+        at_least("--epochs", self.epochs, 1)
+        at_least("--batch-size", self.batch_size, 1)
+        one_of("--loss", self.loss, LOSSES)
+        one_of("--optimizer", self.optimizer, OPTIMIZERS)
+        positive("--temperature", self.temperature)
+        positive("--lr", self.lr)
+        at_least("--weight-decay", self.weight_decay, 0)
+        at_least("--warmup-epochs", self.warmup_epochs, 0)
+        if (self.warmup_epochs is not None and self.epochs is not None
+                and not self.warmup_epochs < self.epochs):
             raise ConfigError(f"warm-up epochs must be in [0, --epochs) (got {self.warmup_epochs})")
-        if self.mix not in MIXES:
-            raise ConfigError(f"unknown mix {self.mix!r}", f"choose one of: {', '.join(MIXES)}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown --precision {self.precision!r}",
-                              f"choose one of: {', '.join(PRECISIONS)}")
+        one_of("mix", self.mix, MIXES)
+        at_least("--seed", self.seed, 0)
+        one_of("--precision", self.precision, PRECISIONS)
         if self.online_stream is not None:
-            if self.labels != "online":
+            if self.labels is not None and self.labels != "online":
                 raise ConfigError("--online-stream applies to --labels online only")
-            if self.online_stream not in ONLINE_STREAMS:
-                raise ConfigError(f"unknown --online-stream {self.online_stream!r}",
-                                  f"choose one of: {', '.join(ONLINE_STREAMS)}")
+            one_of("--online-stream", self.online_stream, ONLINE_STREAMS)
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
 
+    def resolved(self, preset: Preset | None = None, row_size: int | None = None
+                 ) -> TrainConfig:
+        """Unset fields take the preset's value; the batch size a label store's `row_size`."""
+        self.validate()
+        p = preset or get_preset(self.dataset)
+        out = fill(self, model=p.student_model, epochs=p.train_epochs,
+                   batch_size=row_size or p.train_batch_size, temperature=p.temperature,
+                   optimizer=p.optimizer, lr=p.lr, weight_decay=p.weight_decay,
+                   warmup_epochs=p.warmup_epochs, mix=p.mix)
+        out.validate()  # the cross-field checks, now that every field is set
+        return out
+
     def identity(self) -> dict[str, Any]:
-        """The config that names the student: online students name their stream (resolved),
+        """The config that names the student (resolved): online students name their stream,
         the others carry no stream field (their ids are unchanged by it)."""
-        out = asdict(self)
+        out = asdict(self.resolved())
         if self.labels == "online":
             out["online_stream"] = self.online_stream or "fresh"
         else:
@@ -134,24 +141,7 @@ class TrainConfig:
         return out
 
 
-# ------------------------------------------------------------------------- losses
-def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) ‖ softmax(s/T)), batch mean, without a T² factor (the authors' choice)."""
-    return F.kl_div(F.log_softmax(student / temperature, 1),
-                    F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True)
-
-
-def mixed_ce(student: torch.Tensor, classes: torch.Tensor, row: Row) -> torch.Tensor:
-    """Cross-entropy on one-hot classes, λ-mixed with the CutMix partners' classes."""
-    valid = row.valid
-    own = F.cross_entropy(student, classes)
-    if row.mix_lambda >= 1.0:
-        return own
-    partner = classes[row.mix_index[:valid].to(classes.device, torch.long)]
-    return row.mix_lambda * own + (1 - row.mix_lambda) * F.cross_entropy(student, partner)
-
-
+# --------------------------------------------------------------------- the pieces
 def student_batch(images: ImageBank, row: Row, image_size: int | None = None,
                   contract: int = CONTRACT) -> torch.Tensor:
     """The student's input for a row: exactly the batch the teacher labelled (DESIGN §5),
@@ -199,6 +189,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError("stored-label training needs a label store",
                               "pass --labels ID, or make one with `lpld relabel`")
         pool = LabelPool.open(labels)
+        config = config.resolved(row_size=pool.batch_size)
         if pool.batch_size != config.batch_size:
             raise ConfigError(
                 f"--batch-size {config.batch_size} differs from the label store's row size "
@@ -218,6 +209,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
         parents.append(teacher.id)
 
+    config = config.resolved()
     hit = None if force else store.cached("student", config.identity(), parents)
     if hit is not None:  # no need to load the dataset or build the network
         return hit
@@ -266,6 +258,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     y_all = classes.to(device)
     teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
     probe = _test_subset(data, PROBE_IMAGES)
+    loss_fn = student_loss(config.loss, config.temperature)
 
     state = _load_checkpoint(staging, model, optimizer)
     start_epoch = state["epoch"]
@@ -312,12 +305,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     out = model(x)
                 out = out.float()
                 y = y_all[row.image_index[:valid].to(device, torch.long)]
-                if target is None:
-                    loss = mixed_ce(out, y, row)
-                elif config.loss == "kl":
-                    loss = kl_loss(out, target, config.temperature)
-                else:
-                    loss = F.mse_loss(out, target) + MSE_GT_CE_WEIGHT * mixed_ce(out, y, row)
+                loss = loss_fn(out, target, y, row)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -218,9 +218,11 @@ def test_interrupted_relabel_resumes_to_the_same_store(store_with_teacher: Store
 
 
 def _config_dict(config: RelabelConfig) -> dict:
-    from dataclasses import asdict
+    """What names the label store: the config resolved with the images' preset."""
+    from lpld_cli.data.presets import get_preset
 
-    return asdict(config.resolved(torch.device("cpu")))  # the identity records fp32
+    cpu = torch.device("cpu")  # the identity records the device's precision (fp32)
+    return config.resolved(get_preset("fashion-mnist")).with_precision(cpu).identity()
 
 
 @pytest.mark.slow

@@ -223,8 +223,8 @@ def test_a_v1_store_still_trains_on_its_own_pixels(store_with_teacher: Store,
 # ----------------------------------------------------------- precision, memory
 def test_precision_is_in_the_identity_and_checked() -> None:
     cpu = torch.device("cpu")
-    assert RelabelConfig().resolved(cpu).precision == "fp32"
-    assert RelabelConfig(precision="bf16").resolved(cpu).precision == "bf16"
+    assert RelabelConfig().with_precision(cpu).precision == "fp32"
+    assert RelabelConfig(precision="bf16").with_precision(cpu).precision == "bf16"
     with pytest.raises(LpldError, match="no autocast on meta"):
         check_precision(torch.device("meta"), "bf16")
     with pytest.raises(LpldError, match="unknown --precision 'fp8'"):
@@ -239,8 +239,9 @@ def test_bf16_relabel_differs_from_fp32_under_another_id(tmp_path: Path) -> None
     store = Store(tmp_path / "store")
     teacher = synthetic_teacher(store, "convnet", classes=10, image_size=32, width=8)
     images = synthetic_images(store, teacher, per_class=2, classes=10, image_size=32)
-    a = relabel(store, RelabelConfig(epochs=1, batch_size=5), images)
-    b = relabel(store, RelabelConfig(epochs=1, batch_size=5, precision="bf16"), images)
+    a = relabel(store, RelabelConfig(epochs=1, batch_size=5, mix="cutmix"), images)
+    b = relabel(store, RelabelConfig(epochs=1, batch_size=5, mix="cutmix",
+                                     precision="bf16"), images)
     assert a.id != b.id and a.config["precision"] == "fp32"
     la, lb = (LabelStore.open(x.path) for x in (a, b))
     assert lb.attrs["precision"] == "bf16"
@@ -253,7 +254,7 @@ _RSS = textwrap.dedent("""
     from lpld_cli.storage.store import Store
     store = Store(sys.argv[1])
     small, big = store.get(sys.argv[2]), store.get(sys.argv[3])
-    config = RelabelConfig(epochs=1, batch_size=4, rows_per_forward=1)
+    config = RelabelConfig(epochs=1, batch_size=4, mix="cutmix", rows_per_forward=1)
     relabel(store, config, small)  # libraries, teacher, allocator warm
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     relabel(store, config, big)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lpld_cli import dist
+from lpld_cli.checks import at_least
 from lpld_cli.commands._ui import errors_to_exit
 from lpld_cli.errors import ConfigError, LpldError
 from lpld_cli.storage.requests import answered, request_key
@@ -83,9 +84,10 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
         store = kwargs.pop("store") or Path(os.environ.get("LPLD_STORE", "lpld-store"))
-        common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
-                        kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
         with errors_to_exit():
+            at_least("--seed", kwargs["seed"], 0)
+            common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
+                            kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
             name = func.__module__.rsplit(".", 1)[-1]
             if dist.launched().distributed and name not in DISTRIBUTED_COMMANDS:
                 raise ConfigError(f"lpld {name} runs as one process in this release",

@@ -6,12 +6,11 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.prune import METRIC_HELP, METRICS, SELECTIONS, PruneConfig, prune
-
-_METRIC_TEXT = "; ".join(f"{name}: {text}" for name, text in METRIC_HELP.items())
+from lpld_cli.data.scores import PRUNE_METRICS
+from lpld_cli.prune import SELECTIONS, PruneConfig, prune
 
 
 @common_options
@@ -35,9 +34,9 @@ def command(
         help="batch: choose rows one by one (the paper's improved label pool); epoch: keep "
              "whole epochs. Incomplete last batches of an epoch are never kept.")] = "batch",
     metric: Annotated[str, typer.Option(
-        help=f"{' | '.join(METRICS)}. Scores are easiness (higher = easier), per slot on the "
+        help=f"{PRUNE_METRICS.choices()}. Scores are easiness (higher = easier), per slot on the "
              f"stored teacher logits (softmax at T=1), averaged over a row's slots (an epoch: "
-             f"over its rows). {_METRIC_TEXT}.")] = "random",
+             f"over its rows). {PRUNE_METRICS.described()}.")] = "random",
     select: Annotated[str | None, typer.Option(
         help=f"{' | '.join(SELECTIONS)} (scored metrics only): keep the highest scores "
              "(easy), the lowest (hard), or an even spread over the sorted scores (uniform) "
@@ -54,6 +53,7 @@ def command(
     newest: Newest = False,
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
+    at_least("--ipc", ipc, 1)
     config = PruneConfig(ratio=parse_ratio(ratio), granularity=granularity, metric=metric,
                          select=select, calibrate_easy=calibrate_easy,
                          calibrate_hard=calibrate_hard, seed=common.seed)

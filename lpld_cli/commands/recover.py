@@ -14,6 +14,7 @@ from lpld_cli.commands._options import (
     resolve_parent,
 )
 from lpld_cli.commands._ui import RichReporter, emit, info
+from lpld_cli.models.recover_methods import RECOVER_METHODS
 from lpld_cli.storage.requests import remember
 from lpld_cli.storage.store import Artifact
 
@@ -23,9 +24,7 @@ def command(
     common: Common,
     ipc: Annotated[int, typer.Option(help="Images per class.")] = 10,
     method: Annotated[str, typer.Option(
-        help="lpld (class batching, class-wise BN target) | sre2l (mixed batching, global "
-             "target) | cda (sre2l + crop-scale curriculum) | real (seeded random real "
-             "training images, no optimisation).")] = "lpld",
+        help=f"{RECOVER_METHODS.choices()}. {RECOVER_METHODS.described()}.")] = "lpld",
     batching: Annotated[str | None, typer.Option(
         help="class (a batch holds one class's IPC images) | mixed (one image of each of "
              "many classes) [default: the method's].", show_default=False)] = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.commands._options import (
     Common,
     Newest,
@@ -16,7 +16,6 @@ from lpld_cli.commands._options import (
 )
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
-from lpld_cli.errors import ConfigError
 from lpld_cli.storage.requests import remember
 from lpld_cli.storage.store import Artifact
 
@@ -79,29 +78,22 @@ def command(
         return _report(common, hit)
     from lpld_cli.relabel import RelabelConfig, relabel
 
-    if ipc is not None and ipc < 1:
-        raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
-    if threads < 0:
-        raise ConfigError(f"--threads must be 0 or more (got {threads})")
+    at_least("--ipc", ipc, 1)
+    at_least("--threads", threads, 0)
     keep_ratio = parse_ratio(keep, "--keep")
-    # Explicit values are checked before looking anything up in the store.
-    options = {"logits_dtype": logits_dtype, "codec": codec, "rows_per_chunk": rows_per_chunk,
-               "rows_per_shard": rows_per_shard, "rows_per_forward": rows_per_forward,
-               "precision": precision, "keep": keep_ratio}
-    check = RelabelConfig(epochs=1 if epochs is None else epochs,
-                          batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
-                          **options)
-    check.validate()
-    check.resolved(common.device)  # a precision this device cannot run
+    # Explicit values are checked before anything is looked up in the store; unset ones
+    # (None) take the image set's recipe preset.
+    given = RelabelConfig(epochs=epochs, batch_size=batch_size, mix=mix,
+                          logits_dtype=logits_dtype, codec=codec,
+                          rows_per_chunk=rows_per_chunk, rows_per_shard=rows_per_shard,
+                          rows_per_forward=rows_per_forward, precision=precision,
+                          keep=keep_ratio, seed=common.seed)
+    given.validate()
+    given.with_precision(common.device)  # a precision this device cannot run
     images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,
                             method=method)
-    preset = get_preset(images.selectors.get("recipe") or images.selectors.get("dataset")
-                        or "fashion-mnist")
-    config = RelabelConfig(
-        epochs=preset.relabel_epochs if epochs is None else epochs,
-        batch_size=preset.relabel_batch_size if batch_size is None else batch_size,
-        mix=mix or preset.mix, seed=common.seed, **options)
-    config.validate()
+    config = given.resolved(get_preset(images.selectors.get("recipe")
+                                       or images.selectors.get("dataset") or "fashion-mnist"))
     teacher_artifact = common.store.get(teacher, kind="teacher") if teacher else None
     with RichReporter() as reporter:
         artifact = relabel(common.store, config, images, teacher_artifact,

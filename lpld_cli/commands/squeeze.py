@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,8 @@ import typer
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.geometry import describe
-from lpld_cli.data.presets import get_preset
+from lpld_cli.data.presets import DATASETS, get_preset
+from lpld_cli.models.zoo import model_choices
 from lpld_cli.storage.requests import answered, remember, request_key
 from lpld_cli.storage.store import Artifact
 
@@ -19,15 +19,13 @@ from lpld_cli.storage.store import Artifact
 @common_options
 def command(
     common: Common,
-    dataset: Annotated[str, typer.Option(help="fashion-mnist | mnist | imagefolder | "
-                                         "tiny-imagenet | imagenet-1k | imagenet-21k-p")
-                       ] = "fashion-mnist",
+    dataset: Annotated[str, typer.Option(help=DATASETS.choices())] = "fashion-mnist",
     data: Annotated[str | None, typer.Option(
         help="Dataset folder [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        help="convnet | resnet18 | resnet50 | mobilenet_v2 | efficientnet_b0 | timm:<name> "
-             "[default: the dataset preset's].", show_default=False)] = None,
+        help=f"{model_choices()} [default: the dataset preset's].",
+        show_default=False)] = None,
     width: Annotated[int, typer.Option(help="ConvNet width.")] = 64,
     depth: Annotated[int, typer.Option(help="ConvNet depth (conv blocks).")] = 3,
     weights: Annotated[Path | None, typer.Option(
@@ -69,8 +67,11 @@ def command(
         return _report(common, hit)
     from lpld_cli.squeeze import SqueezeConfig, folder_config, squeeze
 
-    folder = SqueezeConfig(dataset=dataset, image_size=image_size, channels=channels,
-                           recipe=preset)
+    # explicit values are checked before any work; unset ones (None) take the recipe's
+    folder = SqueezeConfig(
+        dataset=dataset, image_size=image_size, channels=channels, recipe=preset, model=model,
+        width=width, depth=depth, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
+        bn_stats=bn_stats, train_subset=train_subset, seed=common.seed)
     folder.validate()
     if dataset == "imagefolder":  # geometry and recipe from the data, said before any work
         folder, found = folder_config(folder, data)
@@ -81,12 +82,7 @@ def command(
              f"epochs; recover {recipe.recover_iterations} iterations; relabel "
              f"{recipe.relabel_epochs} epochs of batch {recipe.relabel_batch_size}; student "
              f"{recipe.student_model} for {recipe.train_epochs} epochs")
-    config = replace(
-        folder, model=model or recipe.teacher_model, width=width, depth=depth,
-        teacher_epochs=recipe.teacher_epochs if teacher_epochs is None else teacher_epochs,
-        batch_size=batch_size or recipe.teacher_batch_size,
-        lr=recipe.teacher_lr if lr is None else lr, weight_decay=recipe.teacher_weight_decay,
-        bn_stats=bn_stats, train_subset=train_subset, seed=common.seed)
+    config = folder
     device = common.device
     with RichReporter(quiet=False) as reporter:
         artifact = squeeze(common.store, config, data_root=data, weights=weights,

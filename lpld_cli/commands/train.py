@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
-from lpld_cli.checks import parse_ratio
+from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.commands._options import Common, Newest, answered_request, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
+from lpld_cli.models.recover_methods import RECOVER_METHODS
+from lpld_cli.models.zoo import model_choices
 from lpld_cli.storage.requests import remember
 from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact
@@ -39,15 +42,15 @@ def command(
         help="Only consider artifacts of this dataset [default: any].",
         show_default=False)] = None,
     method: Annotated[str | None, typer.Option(
-        help="Only consider images made by this method (lpld, sre2l, cda, real) "
+        help=f"Only consider images made by this method ({RECOVER_METHODS.choices()}) "
              "[default: any].", show_default=False)] = None,
     images: Annotated[str | None, typer.Option(
         "--images", help="Image set id for --labels online|hard [default: the newest "
         "matching --ipc/--method]; stored labels always use their own images.",
         show_default=False)] = None,
     model: Annotated[str | None, typer.Option(
-        help="Student: convnet | resnet18 | resnet50 | mobilenet_v2 | efficientnet_b0 | "
-             "timm:<name> [default: the preset's].", show_default=False)] = None,
+        help=f"Student: {model_choices()} [default: the preset's].",
+        show_default=False)] = None,
     width: Annotated[int, typer.Option(help="ConvNet width (student).")] = 64,
     depth: Annotated[int, typer.Option(help="ConvNet depth (student).")] = 3,
     epochs: Annotated[int | None, typer.Option(
@@ -88,6 +91,8 @@ def command(
     teacher = label_store = None
     choice = (labels or "").strip().lower()
     mode = choice if choice in ("online", "hard") else "stored"
+    at_least("--eval-every", eval_every, 0)
+    at_least("--ipc", ipc, 1)
     if mode == "stored":
         key, hit = answered_request(
             common, "train", options, "labels", labels, newest, ipc=ipc, dataset=dataset,
@@ -101,6 +106,13 @@ def command(
     from lpld_cli.data.label_pool import LabelPool
     from lpld_cli.train import TrainConfig, image_teacher, label_images, resolve_labels, train
 
+    # Explicit values are checked before the labels or images are looked up.
+    given = TrainConfig(
+        model=model, width=width, depth=depth, labels=mode, epochs=epochs,
+        batch_size=batch_size, loss=loss, temperature=temperature, optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=common.seed,
+        online_stream=online_stream)
+    given.validate()
     if mode == "stored":
         if labels:
             label_store = store.get(labels, kind="labels")
@@ -123,15 +135,7 @@ def command(
     name = image_set.selectors.get("dataset", dataset or "fashion-mnist")
     preset = get_preset(image_set.selectors.get("recipe") or name)
     row_size = LabelPool.open(label_store).batch_size if label_store is not None else None
-    config = TrainConfig(
-        dataset=name, model=model or preset.student_model, width=width, depth=depth,
-        labels=mode, epochs=preset.train_epochs if epochs is None else epochs,
-        batch_size=batch_size or row_size or preset.train_batch_size, loss=loss,
-        temperature=preset.temperature if temperature is None else temperature,
-        optimizer=optimizer or preset.optimizer, lr=preset.lr if lr is None else lr,
-        weight_decay=preset.weight_decay if weight_decay is None else weight_decay,
-        warmup_epochs=preset.warmup_epochs if warmup_epochs is None else warmup_epochs,
-        mix=preset.mix, seed=common.seed, online_stream=online_stream)
+    config = replace(given, dataset=name).resolved(preset, row_size=row_size)
     with RichReporter() as reporter:
         artifact = train(store, config, image_set, label_store, teacher, data_root=data,
                          device=common.device, force=common.force, reporter=reporter,

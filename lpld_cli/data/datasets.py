@@ -23,12 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lpld_cli.data.geometry import FolderInfo, image_files, inspect_folder, recipe_for
-from lpld_cli.data.presets import Preset, get_preset
+from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import loader_workers
 from lpld_cli.errors import ConfigError, DataFormatError, DataNotFoundError
 
-DATASETS = ("fashion-mnist", "mnist", "imagefolder", "tiny-imagenet", "imagenet-1k",
-            "imagenet-21k-p")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -264,7 +262,9 @@ def _folder_transform(preset: Preset, augment: bool, normalize: bool = True):
 
     size = preset.image_size
     steps = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if augment
-             else [T.Resize(size if size < 64 else int(size * 256 / 224)), T.CenterCrop(size)])
+             # ≤ 64 px (Tiny-ImageNet) is evaluated unresized, as the authors; larger images
+             # resize to 256/224 of the size, then center-crop (the ImageNet protocol)
+             else [T.Resize(size if size <= 64 else int(size * 256 / 224)), T.CenterCrop(size)])
     if preset.channels == 1:
         steps.insert(0, T.Grayscale(1))
     steps.append(T.ToTensor())
@@ -309,7 +309,8 @@ class _SampleList(Dataset):
         return self.transform(self.loader(path)), target
 
 
-def _load_idx_dataset(name: str, data: str | None) -> RealData:
+def load_idx_dataset(name: str, data: str | None) -> RealData:
+    """An IDX dataset (Fashion-MNIST, MNIST) in memory as uint8 tensors."""
     root = _find_idx_root(name, data)
     arrays = {}
     for split, (img_name, lbl_name) in _IDX_FILES.items():
@@ -327,8 +328,9 @@ def _load_idx_dataset(name: str, data: str | None) -> RealData:
                     test_images=arrays["test"][0], test_labels=arrays["test"][1])
 
 
-def _load_folder_dataset(name: str, data: str | None, preset: Preset | None = None
-                         ) -> RealData:
+def load_folder_dataset(name: str, data: str | None, preset: Preset | None = None
+                        ) -> RealData:
+    """A train/ + val/ class-folder dataset (Tiny-ImageNet: its val annotations)."""
     from torchvision.datasets import ImageFolder
 
     if data is None:
@@ -378,13 +380,9 @@ def load_dataset(name: str, data: str | None = None,
     `geometry` (a teacher's data.json: image_size, channels, mean, std, recipe) so every
     stage after squeeze sees the folder exactly as the teacher did.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}", f"choose one of: {', '.join(DATASETS)}")
-    if name in ("fashion-mnist", "mnist"):
-        return _load_idx_dataset(name, data)
     if name == "imagefolder":
         return load_imagefolder(data, geometry)
-    return _load_folder_dataset(name, data)
+    return DATASETS.get(name).loader(name, data)
 
 
 # Small folders (at most this many pixel bytes, images <= 64 px) are decoded into memory:
@@ -431,7 +429,7 @@ def load_imagefolder(data: str | None, geometry: dict[str, Any] | None = None,
         mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
     preset = replace(recipe, image_size=size, channels=channels,
                      mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std))
-    return replace(_load_folder_dataset("imagefolder", data, preset), name="imagefolder")
+    return replace(load_folder_dataset("imagefolder", data, preset), name="imagefolder")
 
 
 def _decode(files: list[tuple[str, Path]], index: dict[str, int], size: int,

@@ -1,4 +1,5 @@
-"""One preset per dataset: image geometry, models and every stage's hyper-parameters.
+"""The dataset registry (`--dataset`): one preset per dataset (image geometry, models and every
+stage's hyper-parameters), its number of classes and its loader.
 
 ImageNet-1K, Tiny-ImageNet and ImageNet-21K-P follow the paper's appendix C
 (Tables 10-18) and the authors' code; Fashion-MNIST and MNIST were chosen by
@@ -7,9 +8,11 @@ measurement on a 2-core CPU (see the comments on each value).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
-from lpld_cli.errors import ConfigError
+from lpld_cli.registry import Registry, lazy
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,32 @@ PRESETS["mnist"] = replace(PRESETS["fashion-mnist"], mean=(0.1307,), std=(0.3081
 PRESETS["imagefolder"] = PRESETS["imagenet-1k"]
 
 
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    preset: Preset
+    num_classes: int | None  # None: read from the data (a user's ImageFolder)
+    # (name, --data folder or None) → data.datasets.RealData; imports torch when called
+    loader: Callable[[str, str | None], Any]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "dataset")
+_IDX = lazy("lpld_cli.data.datasets", "load_idx_dataset")
+_FOLDER = lazy("lpld_cli.data.datasets", "load_folder_dataset")
+DATASETS.add("fashion-mnist", DatasetEntry(PRESETS["fashion-mnist"], 10, _IDX),
+             help="IDX files ($LPLD_DATA, /usr/share/datasets/fashion-mnist)")
+DATASETS.add("mnist", DatasetEntry(PRESETS["mnist"], 10, _IDX), help="IDX files (--data)")
+DATASETS.add("imagefolder", DatasetEntry(PRESETS["imagefolder"], None, _FOLDER),
+             help="train/ and val/ class folders (--data), ImageNet-like preset")
+DATASETS.add("tiny-imagenet", DatasetEntry(PRESETS["tiny-imagenet"], 200, _FOLDER),
+             help="the standard download layout (--data)")
+DATASETS.add("imagenet-1k", DatasetEntry(PRESETS["imagenet-1k"], 1000, _FOLDER),
+             help="train/ and val/ class folders (--data)")
+DATASETS.add("imagenet-21k-p", DatasetEntry(PRESETS["imagenet-21k-p"], 10450, _FOLDER),
+             help="train/ and val/ class folders (--data)")
+
+
 def get_preset(dataset: str) -> Preset:
-    try:
-        return PRESETS[dataset]
-    except KeyError:
-        raise ConfigError(f"unknown dataset {dataset!r}",
-                          f"choose one of: {', '.join(sorted(PRESETS))}") from None
+    """The preset of a registered dataset (ConfigError naming the choices otherwise)."""
+    return DATASETS.get(dataset).preset

@@ -1,5 +1,5 @@
-"""Networks, teachers and class-wise BN statistics."""
+"""Networks, teachers, losses, class-wise BN statistics and the model registry (`zoo`).
 
-from lpld_cli.models.factory import build_model, check_input, load_weights, model_spec
-
-__all__ = ["build_model", "check_input", "load_weights", "model_spec"]
+Imports nothing itself: `models.zoo` and `models.recover_methods` stay torch-free for
+`--help` and cached commands.
+"""

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from lpld_cli.errors import ConfigError
+from lpld_cli.models.zoo import MODELS, TIMM_PREFIX, model_key
 
-TORCHVISION_ARCHS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0")
-ARCHS = ("convnet", *TORCHVISION_ARCHS, "timm:<name>")
-_SMALL_INPUT = 64  # below this many pixels, torchvision models get the CIFAR-style stem
+# At or below this many pixels torchvision models get the small-input stem (3×3 stride 1,
+# no max-pool): the authors' modified ResNet-18 for Tiny-ImageNet's 64 px (paper app. C).
+_SMALL_INPUT = 64
 
 
 class ConvNet(nn.Module):
@@ -52,29 +53,36 @@ def model_spec(arch: str, num_classes: int, in_chans: int, image_size: int,
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """A freshly initialised network (never downloads weights)."""
-    arch, k, c, size = spec["arch"], spec["num_classes"], spec["in_chans"], spec["image_size"]
-    if arch == "convnet":
-        return ConvNet(k, c, size, spec.get("width", 64), spec.get("depth", 3))
-    if arch in TORCHVISION_ARCHS:
-        return _torchvision(arch, k, c, size)
-    if arch.startswith("timm:"):
-        import timm
-
-        name = arch.removeprefix("timm:")
-        try:
-            return timm.create_model(name, pretrained=False, num_classes=k, in_chans=c)
-        except RuntimeError as exc:  # timm's "Unknown model"
-            raise ConfigError(f"unknown timm model {name!r} ({exc})",
-                              "see timm.list_models() for names") from None
-    raise ConfigError(f"unknown model {arch!r}", f"choose one of: {', '.join(ARCHS)}")
+    """A freshly initialised network of a registered model (never downloads weights)."""
+    if model_key(spec["arch"]) == TIMM_PREFIX:
+        return build_timm(spec)
+    return MODELS.get(spec["arch"])(spec)
 
 
-def _torchvision(arch: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+def build_convnet(spec: dict[str, Any]) -> nn.Module:
+    return ConvNet(spec["num_classes"], spec["in_chans"], spec["image_size"],
+                   spec.get("width", 64), spec.get("depth", 3))
+
+
+def build_timm(spec: dict[str, Any]) -> nn.Module:
+    import timm
+
+    name = spec["arch"].removeprefix(TIMM_PREFIX)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=spec["num_classes"],
+                                 in_chans=spec["in_chans"])
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ConfigError(f"unknown timm model {name!r} ({exc})",
+                          "see timm.list_models() for names") from None
+
+
+def build_torchvision(arch: str, spec: dict[str, Any]) -> nn.Module:
+    """A torchvision classifier; at ≤ 64 px the small-input stem (3×3 stride 1, no max-pool)."""
     import torchvision.models as tvm
 
+    num_classes, in_chans, image_size = spec["num_classes"], spec["in_chans"], spec["image_size"]
     model = getattr(tvm, arch)(weights=None, num_classes=num_classes)
-    small = image_size < _SMALL_INPUT
+    small = image_size <= _SMALL_INPUT
     if arch.startswith("resnet"):
         if small or in_chans != 3:
             model.conv1 = (nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False) if small

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli.checks import at_least
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
@@ -91,8 +92,7 @@ def diversity(store: Store, artifacts: list[Artifact], *, data_root: str | None 
               reporter: Reporter = SILENT) -> list[dict[str, Any]]:
     """One row per image set (grouped by teacher, each group after its real reference row)."""
     device = device or torch.device("cpu")
-    if real_per_class < 2:
-        raise ConfigError(f"--real-per-class must be at least 2 (got {real_per_class})")
+    at_least("--real-per-class", real_per_class, 2)
     for art in artifacts:
         if art.kind != "images":
             raise ConfigError(f"artifact {art.short} is a {art.kind}, not an image set",

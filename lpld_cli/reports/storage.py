@@ -21,15 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli.checks import at_least
 from lpld_cli.data.augment import CONTRACT
-from lpld_cli.data.presets import get_preset
+from lpld_cli.data.presets import DATASETS
 from lpld_cli.errors import ConfigError
 from lpld_cli.storage.labels import COMPONENTS, GROUP, LOGITS_DTYPES, LabelStore, Layout
 from lpld_cli.storage.store import Artifact, Store
 
 # Classes of each dataset, for --plan (a plan reads no data).
-PLAN_CLASSES = {"fashion-mnist": 10, "mnist": 10, "tiny-imagenet": 200, "imagenet-1k": 1000,
-                "imagenet-21k-p": 10450}
 # A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
 FS_BLOCK = 4096
 
@@ -139,6 +138,14 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     return row
 
 
+def check_plan_options(ipc: int | None, epochs: int | None, batch_size: int | None,
+                       num_classes: int | None, image_bytes_per_image: int | None) -> None:
+    """Every given --plan number is at least 1."""
+    for option, value in (("--ipc", ipc), ("--epochs", epochs), ("--batch-size", batch_size),
+                          ("--classes", num_classes), ("--image-bytes", image_bytes_per_image)):
+        at_least(option, value, 1)
+
+
 def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
              batch_size: int | None = None, logits_dtype: str = "float16",
              num_classes: int | None = None, image_bytes_per_image: int | None = None
@@ -150,19 +157,17 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
     Image bytes: `image_bytes_per_image`, else the raw uint8 size H·W·C (lossless PNG of
     synthetic images compresses little).
     """
-    preset = get_preset(dataset)
-    if ipc < 1:
-        raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
+    entry = DATASETS.get(dataset)
+    preset = entry.preset
+    check_plan_options(ipc, epochs, batch_size, num_classes, image_bytes_per_image)
     if logits_dtype not in LOGITS_DTYPES:
         raise ConfigError(f"unknown --logits-dtype {logits_dtype!r}",
                           f"choose one of: {', '.join(LOGITS_DTYPES)}")
-    classes = num_classes or PLAN_CLASSES.get(dataset)
+    classes = num_classes or entry.num_classes
     if not classes:
         raise ConfigError(f"--plan {dataset} needs --classes", "how many classes the data has")
     epochs = preset.relabel_epochs if epochs is None else epochs
     batch = preset.relabel_batch_size if batch_size is None else batch_size
-    if epochs < 1 or batch < 1:
-        raise ConfigError("--epochs and --batch-size must be at least 1")
     num_images = ipc * classes
     batches_per_epoch = math.ceil(num_images / batch)
     rows = epochs * batches_per_epoch

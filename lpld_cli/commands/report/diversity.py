@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import at_least
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.errors import ArtifactNotFoundError
@@ -34,6 +35,7 @@ def command(
         show_default=False)] = None,
 ) -> None:
     """Within-class cosine similarity (Eq. 4) and MMD² to real data (Eq. 5) of image sets."""
+    at_least("--real-per-class", real_per_class, 2)  # before the store is read
     store = common.store
     if from_:
         artifacts = [store.get(ref, kind="images") for ref in from_]

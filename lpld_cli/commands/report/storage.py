@@ -9,7 +9,7 @@ import typer
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
-from lpld_cli.reports.storage import plan_row, storage_report
+from lpld_cli.reports.storage import check_plan_options, plan_row, storage_report
 from lpld_cli.reports.units import check_unit, in_unit, pick_unit
 from lpld_cli.storage.labels import COMPONENTS
 
@@ -46,6 +46,8 @@ def command(
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
     forced = check_unit(unit)
+    # checked with or without --plan: a given number is never silently ignored
+    check_plan_options(ipc, epochs, batch_size, classes, image_bytes)
     if plan is not None:
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
