@@ -182,6 +182,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
                 task.advance(1, rows_per_s=(r + 1 - done) / max(elapsed, 1e-9),
                              epoch=epoch + 1)
         writer.close()
+        label_store.check_batch_ids(np.arange(rows))
     except BaseException:
         writer.abort()
         raise

@@ -16,6 +16,7 @@ import typer
 
 from lpld_cli.commands._ui import errors_to_exit
 from lpld_cli.device import resolve_device
+from lpld_cli.errors import ConfigError
 from lpld_cli.storage.store import Artifact, Store
 
 
@@ -43,13 +44,14 @@ class Common:
 
 _COMMON = [
     inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        Path | None, typer.Option(help="Artifact store [env LPLD_STORE; default ./lpld-store].",
+        str | None, typer.Option(help="Artifact store [env LPLD_STORE; default ./lpld-store].",
                                   show_default=False)], default=None),
     inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")],
         default="auto"),
     inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        int, typer.Option(help="Random seed; part of every artifact's identity.")], default=0),
+        int, typer.Option(help="Random seed (0 to 2^63-1); part of every artifact's identity.",
+                          min=0, max=2**63 - 1)], default=0),
     inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout; everything else "
                            "goes to stderr.")], default=False),
@@ -66,10 +68,10 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        store = kwargs.pop("store") or Path(os.environ.get("LPLD_STORE", "lpld-store"))
-        common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
-                        kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
         with errors_to_exit():
+            common = Common(_store(kwargs.pop("store")), kwargs.pop("device"),
+                            kwargs.pop("seed"), kwargs.pop("json"), kwargs.pop("force"),
+                            time.perf_counter())
             return func(common, **kwargs)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _COMMON
@@ -79,11 +81,22 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _store(option: str | None) -> Store:
+    """--store (else $LPLD_STORE, else ./lpld-store), refused when it cannot be a store."""
+    value = option if option is not None else os.environ.get("LPLD_STORE", "lpld-store")
+    if not value.strip():
+        raise ConfigError("--store is empty" if option is not None else "LPLD_STORE is empty",
+                          "name the store folder, e.g. --store ./lpld-store")
+    store = Store(Path(value))
+    store.check_root()
+    return store
+
+
 def resolve_parent(common: Common, kind: str, ref: str | None, **selectors: Any) -> Artifact:
     """`--from ID` (verified, of `kind`), else the newest matching artifact; say which."""
     from lpld_cli.commands._ui import info
 
-    if ref:
+    if ref is not None:
         artifact = common.store.get(ref, kind=kind)
         info(f"using {kind} {artifact.short} (--from)")
     else:

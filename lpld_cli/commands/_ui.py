@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from lpld_cli.errors import LpldError
+from lpld_cli.errors import LpldError, os_error_message
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -83,7 +83,7 @@ class RichReporter:
 
 
 def info(message: str) -> None:
-    stderr.print(message)
+    stderr.print(message, markup=False, soft_wrap=True)
 
 
 def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
@@ -111,6 +111,11 @@ def errors_to_exit() -> Iterator[None]:
         if exc.hint:
             stderr.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # disk full, permission denied, read-only, … outside the store
+        if debug:
+            raise
+        stderr.print(f"Error: {os_error_message(exc)}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if debug:
             raise

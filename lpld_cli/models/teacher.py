@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lpld_cli.data.augment import Row, replay
@@ -44,7 +44,9 @@ class Teacher:
 def save_teacher(folder: Path, model: nn.Module, spec: dict[str, Any], data: dict[str, Any],
                  class_stats: dict[str, ClassStats]) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors"))
+    # bytes first, then a plain write: a full disk raises OSError naming errno, not a
+    # SafetensorError
+    (folder / "weights.safetensors").write_bytes(save(state))
     tensors: dict[str, torch.Tensor] = {}
     for name, bn in bn_layers(model).items():
         stats = class_stats[name]
@@ -53,7 +55,7 @@ def save_teacher(folder: Path, model: nn.Module, spec: dict[str, Any], data: dic
         tensors[f"{name}.count"] = stats.count.contiguous()
         tensors[f"{name}.global_mean"] = bn.running_mean.detach().cpu().clone()
         tensors[f"{name}.global_var"] = bn.running_var.detach().cpu().clone()
-    save_file(tensors, str(folder / "bn_stats.safetensors"))
+    (folder / "bn_stats.safetensors").write_bytes(save(tensors))
     (folder / "model.json").write_text(json.dumps(spec, indent=2))
     (folder / "data.json").write_text(json.dumps(data, indent=2))
 
