@@ -165,8 +165,9 @@ def _one_error(result) -> str:
 
 
 @needs_fmnist
-@pytest.mark.parametrize("command", [RECOVER, RELABEL, PRUNE + ["--metric", "first"],
-                                     TRAIN + ["--seed", "1"], SQUEEZE],
+@pytest.mark.parametrize("command", [RECOVER, RELABEL + ["--seed", "1"],
+                                     PRUNE + ["--metric", "first"], TRAIN + ["--seed", "1"],
+                                     SQUEEZE],
                          ids=["recover", "relabel", "prune", "train", "squeeze"])
 def test_disk_full_in_every_stage_is_one_line_and_resumes(
         pipeline_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
