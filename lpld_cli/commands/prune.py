@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.prune import METRIC_HELP, METRICS, SELECTIONS, PruneConfig, parse_ratio, prune
+from lpld_cli.prune import METRIC_HELP, METRICS, SELECTIONS, PruneConfig, prune
 
 _METRIC_TEXT = "; ".join(f"{name}: {text}" for name, text in METRIC_HELP.items())
 
