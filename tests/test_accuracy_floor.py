@@ -14,10 +14,10 @@ from tests.conftest import make_real_images, needs_fmnist
 def test_a_tiny_student_learns(store_with_teacher: Store) -> None:
     images = make_real_images(store_with_teacher, ipc=10)
     teacher = store_with_teacher.newest("teacher")
-    labels = relabel(store_with_teacher, RelabelConfig(epochs=20, batch_size=50), images,
+    labels = relabel(store_with_teacher, RelabelConfig(epochs=40, batch_size=50), images,
                      teacher)
     student = train(store_with_teacher,
-                    TrainConfig(width=16, epochs=20, batch_size=50, temperature=4.0, lr=3e-3),
+                    TrainConfig(width=16, epochs=40, batch_size=50, temperature=4.0, lr=1e-2),
                     images, labels, None, eval_every=0)
-    # chance is 0.10; this recipe measured about 0.6 on an idle CPU
-    assert student.metrics["top1"] > 0.4, student.metrics
+    # chance is 0.10; this recipe measured 0.67 (teacher 0.78)
+    assert student.metrics["top1"] > 0.5, student.metrics
