@@ -273,7 +273,7 @@ def test_malformed_invocation_is_one_clean_error(
     assert after == before, f"{case}: the store changed"
 
 
-@pytest.mark.parametrize("case", ["squeeze --lr nan", "prune --seed -1",
+@pytest.mark.parametrize("case", ["recover --from ''", "prune --seed -1",
                                   "verify --store {file}"])
 def test_a_subprocess_shows_one_line_and_no_traceback(
         case: str, fuzz_store: tuple[Store, dict[str, str]]) -> None:

@@ -39,8 +39,10 @@ def command(
     if damaged:
         if common.json:
             emit(payload, True, "")
+        first = damaged[0].error()
+        more = len(damaged) - 1
         raise StoreDamagedError(
-            f"{len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} under "
-            f"{store.objects} (listed above); {len(sound)} artifact(s) verified",
+            first.message + (f"; {more} more damaged entr{'y' if more == 1 else 'ies'} listed "
+                             "above" if more else "") + f"; {len(sound)} artifact(s) verified",
             "recompute a damaged artifact with its command and --force, or delete its folder")
     emit(payload, common.json, f"{len(sound)} artifact(s) verified")

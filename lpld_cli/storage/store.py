@@ -302,11 +302,12 @@ class Store:
                 continue
             artifact, problem = self._load(path.parent.name, path)
             if artifact is None:
-                damaged.append(Damage(where, str(problem)))
+                damaged.append(Damage(where, str(problem), MANIFEST))
                 continue
             problems = _payload_problems(artifact, rehash=True)
             if problems:
-                damaged.append(Damage(where, "; ".join(f"{f}: {why}" for f, why in problems)))
+                damaged.append(Damage(where, "; ".join(f"{f}: {why}" for f, why in problems),
+                                      problems[0][0]))
             else:
                 sound.append(artifact)
         return sound, damaged
@@ -422,10 +423,19 @@ class Store:
 
 @dataclass(frozen=True)
 class Damage:
-    """One damaged entry under objects/: its path relative to objects/ and what is wrong."""
+    """One damaged entry under objects/: its path relative to objects/, what is wrong, and
+    the first damaged file (manifest.json for manifest damage, "" for a stray entry)."""
 
     path: str
     problem: str
+    file: str = ""
+
+    def error(self) -> ArtifactCorruptedError:
+        """The DESIGN §2 error: `artifact ID is corrupted: FILE`."""
+        name = self.path.rsplit("/", 1)[-1]
+        if not self.file:
+            return ArtifactCorruptedError(name, f"objects/{self.path} is not an artifact")
+        return ArtifactCorruptedError(name, self.file, detail=self.problem)
 
 
 # The manifest keys every reader relies on, with their JSON types.
