@@ -76,8 +76,6 @@ def test_no_timing_in_student_payload(two_runs: list[dict]) -> None:
     assert len(student["result"]["metrics"]["epoch_seconds"]) == 2
 
 
-@pytest.mark.xfail(reason="squeeze builds the teacher network before seeding torch's global "
-                   "RNG (its fix belongs to engineer dist, issue 13)", strict=False)
 def test_squeeze_twice_gives_byte_identical_teachers(tmp_path: Path) -> None:
     results = [_run(tmp_path / name, SQUEEZE) for name in ("a", "b")]
     ids = {r["artifact"]["id"] for r in results}

@@ -111,9 +111,6 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
                              timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["artifact"]["id"] == artifact_id
-    if stage == "squeeze" and _files(killed, kind, artifact_id) != _files(
-            reference, kind, artifact_id):  # not resumable: equal once squeeze is deterministic
-        pytest.xfail("squeeze determinism: engineer dist (issue 13)")
     assert _files(killed, kind, artifact_id) == _files(reference, kind, artifact_id)
     assert run_lpld("verify", store=killed).returncode == 0
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpld_cli import __version__
+from lpld_cli import __version__, dist
 from lpld_cli.errors import (
     ArtifactCorruptedError,
     ArtifactNotFoundError,
@@ -45,6 +45,8 @@ _HASH_BLOCK = 1 << 20
 # A cache hit re-hashes an artifact of up to this many payload bytes before returning it;
 # a larger one gets a file-list and size check (and a note saying so).
 REHASH_BYTES = int(os.environ.get("LPLD_REHASH_BYTES", str(2 << 30)))
+_NOT_SHARED = ("rank {rank} does not see the store rank 0 is writing: under torchrun every "
+               "rank needs the same --store on a shared filesystem (NFS, Lustre, …)")
 
 
 def canonical_json(obj: Any) -> str:
@@ -205,11 +207,16 @@ class Store:
         ArtifactCorruptedError naming `lpld verify`.
         """
         artifact_id = self.artifact_id(kind, config, parents)
-        found = self.find(kind, artifact_id)
-        if found is None:
-            return None
-        self.check(found)
-        return Artifact(kind, artifact_id, found.path, found.manifest, cached=True)
+        w = dist.world()
+        if w.distributed:  # rank 0 decides, so no rank returns early while others build
+            dist.agree(artifact_id, "the artifact id (config and parents)", w)
+            found = dist.broadcast(self.find(kind, artifact_id) if w.main else None, w)
+        else:
+            found = self.find(kind, artifact_id)
+            if found is not None:
+                self.check(found)
+        return None if found is None else Artifact(kind, artifact_id, found.path,
+                                                   found.manifest, cached=True)
 
     def get(self, ref: str, kind: str | None = None, verify: bool = True) -> Artifact:
         """The artifact whose id is (or starts with) `ref`; verified, of `kind` if given."""
@@ -348,18 +355,25 @@ class Store:
         The folder is promoted by one rename, so an interrupted build never leaves a
         partial artifact under objects/. With `resumable`, a staging folder left by an
         interrupted run of the same inputs is handed back to `build` (staging.resumed).
+
+        Under torchrun rank 0 owns the store (DESIGN §7): it holds the lock, decides
+        cached / resumed / fresh and broadcasts that; every rank runs `build` (each
+        writing only its own part); rank 0 hashes, writes the manifest and promotes
+        once every rank's build returned. Rank 0's metrics are the artifact's.
+
         A cache hit writes nothing (a read-only store serves it); an OS error while
         writing (disk full, permission denied, read-only) becomes StoreWriteError, with
         a resumable stage's staging kept and any other removed.
         """
+        w = dist.world()
         artifact_id = self.artifact_id(kind, config, parents)
-        if not force and (hit := self.cached(kind, config, parents)) is not None:
-            return hit
+        if not force and not w.distributed and (
+                hit := self.cached(kind, config, parents)) is not None:
+            return hit  # before the lock: a read-only store serves cache hits
         work = self.staging / artifact_id
         try:
-            with self._lock(artifact_id):
-                return self._build_locked(kind, artifact_id, config, parents, build, force,
-                                          resumable, selectors)
+            return self._produce(kind, artifact_id, config, parents, build, force, resumable,
+                                 selectors, w)
         except OSError as exc:
             kept = resumable and work.is_dir()
             if not kept and work.exists():
@@ -371,20 +385,61 @@ class Store:
                  if kept else "nothing was kept") + "; free space or fix permissions, "
                 "or pick another store with --store") from None
 
-    def _build_locked(self, kind: str, artifact_id: str, config: dict[str, Any],
-                      parents: list[str], build: Callable[[Staging], dict[str, Any]],
-                      force: bool, resumable: bool,
-                      selectors: dict[str, Any] | None) -> Artifact:
+    def _produce(self, kind: str, artifact_id: str, config: dict[str, Any],
+                 parents: list[str], build: Callable[[Staging], dict[str, Any]], force: bool,
+                 resumable: bool, selectors: dict[str, Any] | None,
+                 w: dist.World) -> Artifact:
+        dist.agree(artifact_id, "the artifact id (config and parents)", w)
+        with self._lock(artifact_id) if w.main else contextlib.nullcontext():
+            decision = None
+            if w.main:
+                decision = self._decide(kind, artifact_id, force, resumable)
+            decision = dist.broadcast(decision, w)
+            if decision["cached"]:
+                found = self.find(kind, artifact_id)
+                dist.check_all(found is not None, _NOT_SHARED, w)
+                return Artifact(kind, artifact_id, found.path, found.manifest, cached=True)
+            work = self.staging / artifact_id
+            if w.distributed:
+                dist.check_all((work / decision["marker"]).is_file(), _NOT_SHARED, w)
+                dist.barrier(w)
+                if w.main:
+                    (work / decision["marker"]).unlink()
+            staging = Staging(kind, artifact_id, work, decision["resumed"],
+                              dict(selectors or {}))
+            metrics = build(staging)
+            dist.barrier(w)
+            manifest = None
+            if w.main:
+                manifest = self._promote(kind, artifact_id, config, parents, staging, metrics)
+            manifest = dist.broadcast(manifest, w)
+            return Artifact(kind, artifact_id, self.objects / kind / artifact_id, manifest,
+                            cached=False)
+
+    def _decide(self, kind: str, artifact_id: str, force: bool, resumable: bool
+                ) -> dict[str, Any]:
+        """Cached, resumed or fresh (under the lock); a fresh or resumed staging folder."""
         self._recover_interrupted_force(kind, artifact_id)
-        if not force and (hit := self.cached(kind, config, parents)) is not None:
-            return hit  # another process built it while we waited for the lock
+        found = self.find(kind, artifact_id)
+        if found is not None and not force:
+            self.check(found)  # damaged: refused (a --force rebuild replaces it)
+            return {"cached": True}
         work = self.staging / artifact_id
         resumed = work.is_dir() and resumable and not force
         if work.exists() and not resumed:
             _rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        staging = Staging(kind, artifact_id, work, resumed, dict(selectors or {}))
-        metrics = build(staging)
+        # Other ranks must see this file, or they do not share the store (DESIGN §7).
+        marker = f".rank0-{os.getpid()}-{time.time_ns()}"
+        if dist.world().distributed:
+            (work / marker).write_text(str(self.root.resolve()))
+        return {"cached": False, "resumed": resumed, "marker": marker}
+
+    def _promote(self, kind: str, artifact_id: str, config: dict[str, Any],
+                 parents: list[str], staging: Staging, metrics: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """Hash the payload, write the manifest, make it read-only and rename it into place."""
+        work = staging.path
         manifest = {
             "kind": kind, "id": artifact_id, "lpld_version": __version__,
             "format_version": FORMAT_VERSION, "config": config, "parents": list(parents),
@@ -407,7 +462,7 @@ class Store:
         else:
             os.rename(work, final)
         _fsync_dir(final.parent)
-        return Artifact(kind, artifact_id, final, manifest, cached=False)
+        return manifest
 
     def _recover_interrupted_force(self, kind: str, artifact_id: str) -> None:
         """A --force killed between its two renames left the old artifact in trash: restore it."""
