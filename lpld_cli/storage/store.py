@@ -420,8 +420,8 @@ class Store:
                 ) -> dict[str, Any]:
         """Cached, resumed or fresh (under the lock); a fresh or resumed staging folder."""
         self._recover_interrupted_force(kind, artifact_id)
-        found = self.find(kind, artifact_id)
-        if found is not None and not force:
+        found = None if force else self.find(kind, artifact_id)
+        if found is not None:
             self.check(found)  # damaged: refused (a --force rebuild replaces it)
             return {"cached": True}
         work = self.staging / artifact_id
