@@ -262,7 +262,7 @@ def test_malformed_invocation_is_one_clean_error(
     def would_build(*args, **kwargs):  # an accepted invocation fails fast instead of running
         raise AssertionError("accepted: it would build an artifact")
 
-    monkeypatch.setattr(Store, "_build_locked", would_build)
+    monkeypatch.setattr(Store, "_produce", would_build)
     result = CliRunner().invoke(app, _argv(case, fill), env={"LPLD_DEBUG": ""})
     after = _tree(store.root)
     traceback = result.exception is not None and not isinstance(result.exception, SystemExit)
