@@ -14,7 +14,7 @@ from lpld_cli.models.bn_stats import ClassStats
 from lpld_cli.models.teacher import Teacher
 from lpld_cli.recover import bn_targets
 from lpld_cli.storage.labels import LabelRows, LabelStore
-from lpld_cli.storage.store import Staging, Store
+from lpld_cli.storage.store import Staging
 from lpld_cli.train import _load_checkpoint, _normalisation
 
 
@@ -58,17 +58,17 @@ def test_a_damaged_checkpoint_restarts_with_a_warning(
 
 
 def test_a_missing_labelling_teacher_warns_which_normalisation_it_assumes(
-        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = Store(tmp_path)
-    images = store.produce("images", {"k": 1}, ["f" * 64], lambda staging: {})
-
+        capsys: pytest.CaptureFixture[str]) -> None:
     class _Data:
         name = "fashion-mnist"
 
         class preset:  # noqa: N801
             mean, std = (0.286,), (0.353,)
 
-    norm = _normalisation(store, _Data(), None, None, images)
+    assert _normalisation(_Data(), {"mean": [0.5], "std": [0.2]}) == {"mean": [0.5],
+                                                                      "std": [0.2]}
+    assert capsys.readouterr().err == ""
+    norm = _normalisation(_Data(), None)
     assert norm == {"mean": [0.286], "std": [0.353]}
     assert "normalising them with the fashion-mnist preset's mean/std" in capsys.readouterr().err
 

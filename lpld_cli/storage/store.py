@@ -89,6 +89,11 @@ class Artifact:
         return self.manifest.get("selectors", {})
 
     @property
+    def payload_bytes(self) -> int:
+        """Bytes of the payload files, as the manifest records them."""
+        return sum(int(meta["bytes"]) for meta in self.manifest["files"].values())
+
+    @property
     def short(self) -> str:
         return self.id[:12]
 
@@ -330,10 +335,10 @@ class Store:
         self.staging.mkdir(parents=True, exist_ok=True)
         path = self.staging / f"{artifact_id}.lock"
         while True:
-            handle = open(path, "a")  # noqa: SIM115 (held for the whole block)
+            handle = open(path, "a")  # noqa: SIM115 - closed below or after the yield
             fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+            try:  # `lpld gc` or a finished holder may have unlinked it: lock the live one
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                     break
             except FileNotFoundError:
                 pass
