@@ -162,5 +162,8 @@ def answered_request(common: Common, command: str, options: dict[str, Any], kind
         return None, None
     if parent.selectors.get("dataset") not in FIXED_DATASETS:
         return None, None
-    key = request_key(command, options, [parent.id])
+    try:
+        key = request_key(command, options, [parent.id])
+    except ValueError:  # NaN/inf options: the normal path refuses them with one line
+        return None, None
     return key, answered(common.store, key)
