@@ -70,7 +70,26 @@ def precision_autocast(device: torch.device, precision: str) -> contextlib.Abstr
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator for explicit draws."""
+    """Seed Python, NumPy and torch, and ask for deterministic kernels; return a CPU
+    generator for explicit draws.
+
+    With the same thread count (`LPLD_THREADS` fixes it; the manifest's `host.threads`
+    records it) a CPU run is bitwise repeatable. CUDA kernels are deterministic where
+    PyTorch has a deterministic one (`warn_only`: the others warn), and only on the
+    same GPU model and software (the manifest's `host` says which made an artifact).
+    """
+    threads = os.environ.get("LPLD_THREADS")
+    if threads:
+        try:
+            count = int(threads)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f"LPLD_THREADS must be a positive integer (got {threads!r})")
+        torch.set_num_threads(count)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

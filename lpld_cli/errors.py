@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import sys
+
 
 class LpldError(Exception):
     """Base of every error lpld reports as one line `Error: …` (plus an optional hint)."""
@@ -31,13 +36,52 @@ class ArtifactCorruptedError(LpldError):
 
     exit_code = 1
 
-    def __init__(self, artifact_id: str, file: str, hint: str | None = None) -> None:
+    def __init__(self, artifact_id: str, file: str, hint: str | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(
-            f"artifact {artifact_id} is corrupted: {file}",
-            hint or "recompute it with --force, or delete it from objects/",
+            f"artifact {artifact_id} is corrupted: {file}" + (f" ({detail})" if detail else ""),
+            hint or "`lpld verify` lists every damaged artifact; recompute this one with "
+                    "--force, or delete it from objects/",
         )
         self.artifact_id = artifact_id
         self.file = file
+
+
+class StoreWriteError(LpldError):
+    """The operating system refused a write (disk full, permission denied, read-only)."""
+
+    exit_code = 1
+
+
+def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """One line for an OSError: what failed, on which path, and free space when it is short."""
+    where = exc.filename if exc.filename is not None else path
+    what = exc.strerror or str(exc)
+    line = f"{what}: {where}" if where is not None else what
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and where is not None:
+        free = _free_bytes(where)
+        if free is not None:
+            line += f" ({free / 2**20:.1f} MiB free on that file system)"
+    return line
+
+
+def _free_bytes(path: str | os.PathLike[str]) -> int | None:
+    probe = os.fspath(path)
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        return shutil.disk_usage(probe or ".").free
+    except OSError:
+        return None
+
+
+def warn(message: str, label: str = "Warning") -> None:
+    """`Warning: …` (or another label) on stderr: core modules have no UI library."""
+    sys.stderr.write(f"{label}: {message}\n")
+    sys.stderr.flush()
 
 
 class DeviceError(LpldError):

@@ -356,6 +356,7 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
         task = reporter.task("copying kept rows", total=source.rows)
         copy_rows(source, chosen.rows, target, on_chunk=task.advance)
         task.close()
+        target.check_batch_ids(source.arrays["batch_id"][:][np.asarray(chosen.rows)])
         metrics: dict[str, Any] = {
             "rows": int(len(chosen.rows)), "parent_rows": source.rows, "ratio": config.ratio,
             "total_ratio": selectors["ratio"], "pool_units": chosen.pool_units,

@@ -186,6 +186,13 @@ def bn_targets(teacher: Teacher, classes: list[int], target: str
             variances.append(bn.running_var.detach().float())
             continue
         stats = teacher.class_stats[name]
+        empty = [c for c in classes if float(stats.count[c]) <= 0]
+        if empty:  # its statistics are zeros, not a target
+            raise ConfigError(
+                f"class {empty[0]} has no samples in teacher {teacher.artifact_id[:12]}'s "
+                f"class-wise BN statistics (layer {name})",
+                "squeeze with more training images (--train-subset), or recover with "
+                "--bn-target global")
         idx = torch.tensor(classes, device=stats.mean.device)
         mu, var = stats.mean[idx].float(), stats.var[idx].float()
         mean = mu.mean(0)

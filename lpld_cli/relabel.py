@@ -314,6 +314,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     done_dir = folder / DONE_DIR
     if len(list(done_dir.glob("*.done"))) < label_store.num_shards:  # another rank's turn
         return {}
+    label_store.check_batch_ids(source_rows)  # every row written before promotion
     shutil.rmtree(done_dir)
     return {"rows": label_store.rows, "batches_per_epoch": geometry.batches_per_epoch,
             "epochs": config.epochs, "num_images": geometry.num_images,

@@ -13,6 +13,7 @@ draw is a function of (seed, epoch), so nothing else carries over between epochs
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from lpld_cli.device import (
     precision_autocast,
     seed_everything,
 )
-from lpld_cli.errors import ArtifactNotFoundError, ConfigError
+from lpld_cli.errors import ArtifactNotFoundError, ConfigError, warn
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
 from lpld_cli.models.losses import LOSSES, student_loss
@@ -201,6 +202,11 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
                               f"{str(pool.images_id)[:12]}, not {images.short}",
                               "train on the label store's own images")
         config = replace(config, mix=pool.mix)  # stored rows carry their own augmentation
+        stored_epochs = len(pool.sampler(config.seed).epochs)
+        if pool.order == "sequential" and config.epochs > stored_epochs:
+            warn(f"training runs {config.epochs} epochs over a label store of "
+                 f"{stored_epochs} stored epoch(s): epoch e replays stored epoch "
+                 f"e mod {stored_epochs}")
         parents.append(labels.id)
     elif config.labels == "online":
         if teacher is None:
@@ -336,8 +342,10 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     history[-1].update(scores)
     save_weights(staging.path / "weights.safetensors", model)
     (staging.path / "model.json").write_text(json.dumps(spec, indent=2))
-    (staging.path / "metrics.jsonl").write_text(
-        "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    # timings go to the manifest's metrics, never into a hashed payload file (DESIGN §4)
+    (staging.path / "metrics.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) + "\n"
+        for r in history))
     (staging.path / CHECKPOINT).unlink()
     reporter.log(f"student top-1 {scores['top1']:.4f} on {config.dataset} test")
     return {**scores, "epochs": config.epochs, "steps": sum(r["steps"] for r in history),
@@ -346,7 +354,8 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             "label_rows_used": len(used_rows),
             "label_pool_bytes": _disk_bytes(labels) if pool is not None else 0,
             "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
-            "train_seconds": round(step_seconds, 3)}
+            "train_seconds": round(step_seconds, 3),
+            "epoch_seconds": [r.get("seconds") for r in history]}
 
 
 def _test_subset(data: RealData, n: int) -> RealData:
@@ -372,6 +381,9 @@ def _normalisation(data: Any, teacher_data: dict[str, Any] | None) -> dict[str, 
     """The mean/std relabel normalised these images with: the labelling teacher's."""
     if teacher_data is not None:
         return {"mean": teacher_data["mean"], "std": teacher_data["std"]}
+    warn(f"the teacher that labelled these images is not in the store: normalising them "
+         f"with the {data.name} preset's mean/std {list(data.preset.mean)}/"
+         f"{list(data.preset.std)} instead")
     return {"mean": list(data.preset.mean), "std": list(data.preset.std)}
 
 
@@ -388,10 +400,12 @@ def _save_checkpoint(staging: Staging, model: nn.Module, optimizer: torch.optim.
     """The state after `epoch` epochs, written atomically (temp file, then rename)."""
     path = staging.path / CHECKPOINT
     tmp = path.with_name(f".{CHECKPOINT}.tmp")
+    buffer = io.BytesIO()  # serialised first: a full disk then raises OSError, not RuntimeError
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
                 "used_rows": sorted(used_rows), "label_seconds": label_seconds,
-                "step_seconds": step_seconds}, tmp)
+                "step_seconds": step_seconds}, buffer)
+    tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
 
 
@@ -407,7 +421,10 @@ def _load_checkpoint(staging: Staging, model: nn.Module,
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-    except Exception:  # a checkpoint cut short: start over
+    except Exception as exc:  # written atomically, so only outside damage gets here
+        warn(f"the student checkpoint {path} is unreadable ({exc.__class__.__name__}): "
+             "training restarts from epoch 0")
+        path.unlink(missing_ok=True)
         return fresh
     torch.set_rng_state(state["torch_rng"])
     return {"epoch": int(state["epoch"]), "history": json.loads(state["history"]),

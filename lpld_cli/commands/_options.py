@@ -55,13 +55,14 @@ class Common:
 
 _COMMON = [
     inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        Path | None, typer.Option(help="Artifact store [env LPLD_STORE; default ./lpld-store].",
+        str | None, typer.Option(help="Artifact store [env LPLD_STORE; default ./lpld-store].",
                                   show_default=False)], default=None),
     inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")],
         default="auto"),
     inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        int, typer.Option(help="Random seed; part of every artifact's identity.")], default=0),
+        int, typer.Option(help="Random seed (0 to 2^63-1); part of every artifact's identity.",
+                          min=0, max=2**63 - 1)], default=0),
     inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout; everything else "
                            "goes to stderr.")], default=False),
@@ -83,11 +84,11 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        store = kwargs.pop("store") or Path(os.environ.get("LPLD_STORE", "lpld-store"))
         with errors_to_exit():
             at_least("--seed", kwargs["seed"], 0)
-            common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
-                            kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
+            common = Common(_store(kwargs.pop("store")), kwargs.pop("device"),
+                            kwargs.pop("seed"), kwargs.pop("json"), kwargs.pop("force"),
+                            time.perf_counter())
             name = func.__module__.rsplit(".", 1)[-1]
             if dist.launched().distributed and name not in DISTRIBUTED_COMMANDS:
                 raise ConfigError(f"lpld {name} runs as one process in this release",
@@ -104,6 +105,17 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # typer must read the new signature, not the original
     return wrapper
+
+
+def _store(option: str | None) -> Store:
+    """--store (else $LPLD_STORE, else ./lpld-store), refused when it cannot be a store."""
+    value = option if option is not None else os.environ.get("LPLD_STORE", "lpld-store")
+    if not value.strip():
+        raise ConfigError("--store is empty" if option is not None else "LPLD_STORE is empty",
+                          "name the store folder, e.g. --store ./lpld-store")
+    store = Store(Path(value))
+    store.check_root()
+    return store
 
 
 # Datasets whose files never change under their path (an id does not hash them).
@@ -124,7 +136,7 @@ def resolve_parent(common: Common, kind: str, ref: str | None, newest: bool = Fa
     """`--from ID` (verified, of `kind`), else the one matching artifact; say which."""
     from lpld_cli.commands._ui import info
 
-    if ref:
+    if ref is not None:
         artifact = common.store.get(ref, kind=kind)
         info(f"using {kind} {artifact.short} (--from)")
     else:
@@ -145,12 +157,15 @@ def answered_request(common: Common, command: str, options: dict[str, Any], kind
     if common.force:
         return None, None
     try:
-        parent = (common.store.get(ref, kind=kind, verify=False) if ref else
+        parent = (common.store.get(ref, kind=kind, verify=False) if ref is not None else
                   select(common.store, kind, newest=newest, verify=False, where=where,
                          **selectors))
     except LpldError:
         return None, None
     if parent.selectors.get("dataset") not in FIXED_DATASETS:
         return None, None
-    key = request_key(command, options, [parent.id])
+    try:
+        key = request_key(command, options, [parent.id])
+    except ValueError:  # NaN/inf options: the normal path refuses them with one line
+        return None, None
     return key, answered(common.store, key)

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from lpld_cli import dist
-from lpld_cli.errors import LpldError
+from lpld_cli.errors import LpldError, os_error_message
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -86,7 +86,7 @@ class RichReporter:
 
 def info(message: str) -> None:
     if dist.world().main:
-        stderr.print(message, soft_wrap=True)
+        stderr.print(message, markup=False, soft_wrap=True)
 
 
 def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
@@ -131,6 +131,11 @@ def errors_to_exit() -> Iterator[None]:
             raise
         _fail(exc.message, exc.hint)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # disk full, permission denied, read-only, … outside the store
+        if debug:
+            raise
+        _fail(os_error_message(exc), None)
+        raise typer.Exit(1) from None
     except Exception as exc:
         # Under torchrun a lost peer surfaces as a backend error in a collective.
         if debug or not dist.world().distributed:

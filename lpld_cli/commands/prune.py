@@ -58,7 +58,7 @@ def command(
                          select=select, calibrate_easy=calibrate_easy,
                          calibrate_hard=calibrate_hard, seed=common.seed)
     config.validate()
-    if from_:
+    if from_ is not None:
         parent = resolve_parent(common, "labels", from_)
     else:
         parent = resolve_parent(common, "labels", None, newest, ipc=ipc, dataset=dataset,

@@ -79,7 +79,7 @@ def command(
     eval_every: Annotated[int | None, typer.Option(
         help="Show top-1 on the first 2,000 test images every N epochs (0: never; the "
              "final top-1 always uses the whole test split) "
-             "[default: ten times per run].", show_default=False)] = None,
+             "[default: ten times per run].", show_default=False, min=0)] = None,
     data: Annotated[str | None, typer.Option(
         help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
@@ -114,7 +114,7 @@ def command(
         online_stream=online_stream)
     given.validate()
     if mode == "stored":
-        if labels:
+        if labels is not None:
             label_store = store.get(labels, kind="labels")
             info(f"using labels {label_store.short} (--labels)")
         else:
@@ -123,7 +123,7 @@ def command(
             info(f"using labels {label_store.short} (newest matching)")
         image_set = label_images(store, label_store)
     else:
-        if images:
+        if images is not None:
             image_set = store.get(images, kind="images")
         else:
             image_set = select(store, "images", newest=newest, ipc=ipc, dataset=dataset,

@@ -188,7 +188,11 @@ class RealData:
 
     def subset(self, n: int, seed: int) -> RealData:
         """The same dataset with only `n` seeded random training images (quick runs, tests)."""
-        if n >= self.num_train():
+        if n > self.num_train():  # the id would record a subset that was never taken
+            raise ConfigError(f"--train-subset {n} exceeds the {self.num_train()} training "
+                              f"images of {self.name}",
+                              f"pass at most {self.num_train()}, or leave it out for all")
+        if n == self.num_train():
             return self
         keep = torch.randperm(self.num_train(), generator=torch.Generator().manual_seed(seed))[:n]
         if self.in_memory:
@@ -365,10 +369,15 @@ def _tiny_val(root: Path, class_to_idx: dict[str, int], transform) -> Dataset:
         raise DataNotFoundError(f"{annotations} does not exist",
                                 "expected the standard Tiny-ImageNet download layout")
     samples = []
-    for line in annotations.read_text().splitlines():
+    for number, line in enumerate(annotations.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         parts = line.split("\t")
-        if len(parts) >= 2 and parts[1] in class_to_idx:
-            samples.append((str(root / "val" / "images" / parts[0]), class_to_idx[parts[1]]))
+        if len(parts) < 2 or parts[1] not in class_to_idx:
+            raise DataFormatError(
+                f"{annotations}:{number}: expected <image>\\t<class id of train/> "
+                f"(got {line[:60]!r})", "expected the standard Tiny-ImageNet download layout")
+        samples.append((str(root / "val" / "images" / parts[0]), class_to_idx[parts[1]]))
     return _SampleList(samples, transform)
 
 

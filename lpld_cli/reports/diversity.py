@@ -117,8 +117,10 @@ def diversity(store: Store, artifacts: list[Artifact], *, data_root: str | None 
             images, labels, _ = load_image_set(art.path)
             feats = features(teacher, images, device)
             cos, cos_std = within_class_cosine(feats, labels)
-            rows.append({"artifact": art.id, "method": art.config.get("method"),
-                         "ipc": art.config.get("ipc"), "teacher": teacher_id,
+            rows.append({"artifact": art.id,
+                         "method": art.config.get("method", art.selectors.get("method")),
+                         "ipc": art.config.get("ipc", art.selectors.get("ipc")),
+                         "teacher": teacher_id,
                          "images": len(images), "cosine": cos, "cosine_std": cos_std,
                          "mmd2": mmd2(real, feats, bandwidth), "bandwidth": bandwidth,
                          "real_per_class": real_per_class})

@@ -421,6 +421,21 @@ class LabelStore:
         inverse[order] = np.arange(len(order))
         return gathered.take(inverse)
 
+    def check_batch_ids(self, expected: np.ndarray) -> None:
+        """Before promotion: every row written, holding the batch `expected` says.
+
+        An unwritten chunk reads as the fill value (−1) without any error, so a writer
+        that lost a chunk would otherwise promote holes.
+        """
+        written = np.asarray(self.arrays["batch_id"][:], dtype=np.int64)
+        bad = np.flatnonzero(written != np.asarray(expected, dtype=np.int64))
+        if bad.size:
+            raise ArtifactCorruptedError(
+                self.artifact_id, f"{GROUP}/batch_id",
+                detail=f"{bad.size} of {self.rows} rows unwritten or misnumbered, "
+                       f"first at row {int(bad[0])}",
+                hint="nothing was promoted: run the same command again")
+
     def iter_chunks(self) -> Iterator[tuple[int, LabelRows]]:
         """(start, rows) for every chunk, in order; memory stays one chunk."""
         for start in range(0, self.rows, self.rows_per_chunk):

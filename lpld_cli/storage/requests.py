@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lpld_cli.errors import ArtifactCorruptedError
 from lpld_cli.storage.store import Artifact, Store, canonical_json
 
 FOLDER = "requests"
@@ -58,10 +59,10 @@ def answered(store: Store, key: str) -> Artifact | None:
         return None
     if found is None:
         return None
-    for rel, meta in found.manifest.get("files", {}).items():
-        path = found.path / rel
-        if not path.is_file() or path.stat().st_size != meta.get("bytes"):
-            return None  # damaged: the normal path reports it
+    try:  # re-hashed as every cache hit is (sizes only above REHASH_BYTES)
+        store.check(found)
+    except ArtifactCorruptedError:
+        return None  # damaged: the normal path reports it
     return Artifact(found.kind, found.id, found.path, found.manifest, cached=True)
 
 

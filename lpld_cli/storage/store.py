@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from lpld_cli import __version__, dist
-from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
+from lpld_cli.errors import (
+    ArtifactCorruptedError,
+    ArtifactNotFoundError,
+    ConfigError,
+    StoreWriteError,
+    os_error_message,
+    warn,
+)
 
 FORMAT_VERSION = 1
 KINDS = ("teacher", "images", "labels", "student")
@@ -35,6 +42,9 @@ MAKER = {"teacher": "lpld squeeze", "images": "lpld recover", "labels": "lpld re
          "student": "lpld train"}
 MANIFEST = "manifest.json"
 _HASH_BLOCK = 1 << 20
+# A cache hit re-hashes an artifact of up to this many payload bytes before returning it;
+# a larger one gets a file-list and size check (and a note saying so).
+REHASH_BYTES = int(os.environ.get("LPLD_REHASH_BYTES", str(2 << 30)))
 _NOT_SHARED = ("rank {rank} does not see the store rank 0 is writing: under torchrun every "
                "rank needs the same --store on a shared filesystem (NFS, Lustre, …)")
 
@@ -113,6 +123,26 @@ class Store:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.staging = self.root / "staging"
+        self._warned: set[Path] = set()
+
+    def check_root(self, must_exist: bool = False) -> None:
+        """Refuse a store path that cannot be a store: a file, a folder inside a store, a
+        non-empty folder that is not a store, or (reads) a missing one."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"--store {root} is a file, not a store folder",
+                              "pass the store's root folder (it holds objects/ and staging/)")
+        top = next((p for p in root.resolve().parents if _is_store(p)), None)
+        if top is not None:
+            raise ConfigError(f"--store {root} is a folder inside the store {top}",
+                              f"pass the store's root: --store {top}")
+        if root.is_dir() and not (self.objects.is_dir() or self.staging.is_dir()) and any(
+                root.iterdir()):
+            raise ConfigError(f"--store {root} is a non-empty folder that is not an lpld store",
+                              "pass an lpld store (it holds objects/), or a new or empty folder")
+        if must_exist and not self.objects.is_dir():
+            raise ConfigError(f"no lpld store at {root}",
+                              "--store or LPLD_STORE names the store; commands create it")
 
     # ---------------------------------------------------------------- identity
     @staticmethod
@@ -124,28 +154,63 @@ class Store:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # ------------------------------------------------------------------ lookup
-    def _read(self, path: Path, cached: bool = False) -> Artifact | None:
+    def _load(self, kind: str, path: Path) -> tuple[Artifact | None, str | None]:
+        """The artifact in `path` (a folder of objects/<kind>/), or what is wrong with it."""
         try:
             manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        return Artifact(manifest["kind"], manifest["id"], path, manifest, cached)
+        except FileNotFoundError:
+            return None, f"{MANIFEST} is missing"
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, f"{MANIFEST} is unreadable ({exc.__class__.__name__})"
+        except ValueError:
+            return None, f"{MANIFEST} is not valid JSON"
+        problem = _manifest_problem(manifest, kind, path.name)
+        if problem is not None:
+            return None, f"{MANIFEST}: {problem}"
+        return Artifact(kind, path.name, path, manifest), None
+
+    def _sound(self, kind: str, path: Path) -> Artifact | None:
+        """The artifact in `path`; a damaged one is skipped with a warning (listing)."""
+        artifact, problem = self._load(kind, path)
+        if problem is not None and path not in self._warned:
+            self._warned.add(path)
+            warn(f"skipping damaged artifact {kind}/{path.name}: {problem} "
+                 "(`lpld verify` lists every damaged artifact)")
+        return artifact
 
     def list(self, kind: str | None = None) -> list[Artifact]:
-        """Every complete artifact (of one kind), newest first."""
+        """Every sound complete artifact (of one kind), newest first; damaged ones are skipped
+        with a warning."""
         kinds = [kind] if kind else list(KINDS)
         found = []
         for k in kinds:
             folder = self.objects / k
             if folder.is_dir():
-                found += [a for p in folder.iterdir() if (a := self._read(p)) is not None]
+                found += [a for p in folder.iterdir()
+                          if p.is_dir() and (a := self._sound(k, p)) is not None]
         return sorted(found, key=lambda a: (a.manifest["created"], a.id), reverse=True)
 
     def find(self, kind: str, artifact_id: str) -> Artifact | None:
-        return self._read(self.objects / kind / artifact_id)
+        """The artifact `artifact_id` of `kind`, or None when there is no such folder.
+
+        A folder whose manifest is damaged is refused (never read as "absent": a later
+        build would otherwise silently replace it).
+        """
+        path = self.objects / kind / artifact_id
+        if not path.exists():
+            return None
+        artifact, problem = self._load(kind, path)
+        if artifact is None:
+            raise ArtifactCorruptedError(artifact_id, str(problem))
+        return artifact
 
     def cached(self, kind: str, config: dict[str, Any], parents: list[str]) -> Artifact | None:
-        """The finished artifact for these inputs, if any (cheap: no payload is read)."""
+        """The finished artifact for these inputs, if any, checked before it is returned.
+
+        The payload is re-hashed up to REHASH_BYTES; above that only the file list and sizes
+        are checked (a note says so; `lpld verify ID` re-hashes). Damage raises
+        ArtifactCorruptedError naming `lpld verify`.
+        """
         artifact_id = self.artifact_id(kind, config, parents)
         w = dist.world()
         if w.distributed:  # rank 0 decides, so no rank returns early while others build
@@ -153,6 +218,8 @@ class Store:
             found = dist.broadcast(self.find(kind, artifact_id) if w.main else None, w)
         else:
             found = self.find(kind, artifact_id)
+            if found is not None:
+                self.check(found)
         return None if found is None else Artifact(kind, artifact_id, found.path,
                                                    found.manifest, cached=True)
 
@@ -161,9 +228,14 @@ class Store:
         ref = ref.strip().lower()
         if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
             raise ConfigError(f"{ref!r} is not an artifact id",
-                              "ids are hex strings; `lpld report lineage` lists them")
+                              "ids are hex strings (at least 4 characters); "
+                              "`lpld report lineage` lists them")
         matches = [a for a in self.list() if a.id.startswith(ref)]
         if not matches:
+            damaged = [p for p in self._folders() if p.name.startswith(ref)]
+            if damaged:
+                _, problem = self._load(damaged[0].parent.name, damaged[0])
+                raise ArtifactCorruptedError(damaged[0].name, str(problem))
             raise ArtifactNotFoundError(f"no artifact {ref} in store {self.root}")
         if len({a.id for a in matches}) > 1:
             raise ConfigError(f"id prefix {ref} is ambiguous", "give more characters")
@@ -192,38 +264,92 @@ class Store:
             + f"; make one with `{MAKER[kind]}` first",
             "or pass --from ID; --store or LPLD_STORE picks another store")
 
+    # ----------------------------------------------------------------- integrity
     def verify(self, artifact: Artifact) -> None:
         """Re-hash the payload against the manifest; raise ArtifactCorruptedError on mismatch."""
-        files = artifact.manifest["files"]
-        for rel, meta in files.items():
-            path = artifact.path / rel
-            if not path.is_file() or path.stat().st_size != meta["bytes"]:
-                raise ArtifactCorruptedError(artifact.id, rel)
-            if sha256_file(path) != meta["sha256"]:
-                raise ArtifactCorruptedError(artifact.id, rel)
-        extra = {p.relative_to(artifact.path).as_posix() for p in _walk(artifact.path)} - set(files)
-        if extra:
-            raise ArtifactCorruptedError(artifact.id, sorted(extra)[0])
+        problems = _payload_problems(artifact, rehash=True)
+        if problems:
+            raise ArtifactCorruptedError(artifact.id, problems[0][0], detail=problems[0][1])
+
+    def check(self, artifact: Artifact) -> None:
+        """verify() for a cache hit: re-hash up to REHASH_BYTES, else file list and sizes."""
+        total = sum(int(meta["bytes"]) for meta in artifact.manifest["files"].values())
+        rehash = total <= REHASH_BYTES
+        if not rehash:
+            warn(f"cached {artifact.kind} {artifact.short} holds {total / 2**30:.1f} GiB: "
+                 "checked its file list and sizes, not its hashes (`lpld verify "
+                 f"{artifact.short}` re-hashes it)", label="Note")
+        problems = _payload_problems(artifact, rehash=rehash)
+        if problems:
+            raise ArtifactCorruptedError(artifact.id, problems[0][0], detail=problems[0][1])
+
+    def _folders(self) -> list[Path]:
+        return sorted(p for k in KINDS if (self.objects / k).is_dir()
+                      for p in (self.objects / k).iterdir())
+
+    def audit(self, refs: list[str] | None = None) -> tuple[list[Artifact], list[Damage]]:
+        """Check every entry under objects/ (or the artifacts `refs` name), re-hashing payloads.
+
+        Returns the sound artifacts and one Damage per damaged folder or stray entry.
+        """
+        if refs:
+            paths = []
+            for ref in refs:
+                artifact = self.get(ref, verify=False)
+                paths.append(artifact.path)
+        else:
+            paths = []
+            stray: list[Damage] = []
+            for entry in sorted(self.objects.iterdir()) if self.objects.is_dir() else []:
+                if entry.name not in KINDS or not entry.is_dir():
+                    stray.append(Damage(_rel(self.objects, entry), "not an artifact kind folder"))
+                    continue
+                paths += sorted(entry.iterdir())
+        sound: list[Artifact] = []
+        damaged: list[Damage] = [] if refs else stray
+        for path in paths:
+            where = _rel(self.objects, path)
+            if not path.is_dir():
+                damaged.append(Damage(where, "not an artifact folder"))
+                continue
+            artifact, problem = self._load(path.parent.name, path)
+            if artifact is None:
+                damaged.append(Damage(where, str(problem), MANIFEST))
+                continue
+            problems = _payload_problems(artifact, rehash=True)
+            if problems:
+                damaged.append(Damage(where, "; ".join(f"{f}: {why}" for f, why in problems),
+                                      problems[0][0]))
+            else:
+                sound.append(artifact)
+        return sound, damaged
 
     # ------------------------------------------------------------------- build
     @contextlib.contextmanager
     def _lock(self, artifact_id: str) -> Iterator[None]:
+        """An exclusive per-id lock, its file removed on release.
+
+        Removing a lock file while others wait on it is safe because a waiter that gets
+        the lock checks that the path still names the file it locked, and retries if not.
+        """
         self.staging.mkdir(parents=True, exist_ok=True)
         path = self.staging / f"{artifact_id}.lock"
         while True:
             handle = open(path, "a")  # noqa: SIM115 - closed below or after the yield
             fcntl.flock(handle, fcntl.LOCK_EX)
-            try:  # `lpld gc` may have unlinked the file we waited on: lock the live one
+            try:  # `lpld gc` or a finished holder may have unlinked it: lock the live one
                 if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                     break
             except FileNotFoundError:
                 pass
             handle.close()
-        with handle:
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def produce(self, kind: str, config: dict[str, Any], parents: list[str],
                 build: Callable[[Staging], dict[str, Any]], *, force: bool = False,
@@ -239,9 +365,35 @@ class Store:
         cached / resumed / fresh and broadcasts that; every rank runs `build` (each
         writing only its own part); rank 0 hashes, writes the manifest and promotes
         once every rank's build returned. Rank 0's metrics are the artifact's.
+
+        A cache hit writes nothing (a read-only store serves it); an OS error while
+        writing (disk full, permission denied, read-only) becomes StoreWriteError, with
+        a resumable stage's staging kept and any other removed.
         """
         w = dist.world()
         artifact_id = self.artifact_id(kind, config, parents)
+        if not force and not w.distributed and (
+                hit := self.cached(kind, config, parents)) is not None:
+            return hit  # before the lock: a read-only store serves cache hits
+        work = self.staging / artifact_id
+        try:
+            return self._produce(kind, artifact_id, config, parents, build, force, resumable,
+                                 selectors, w)
+        except OSError as exc:
+            kept = resumable and work.is_dir()
+            if not kept and work.exists():
+                with contextlib.suppress(OSError):
+                    _rmtree(work)
+            raise StoreWriteError(
+                f"cannot write {kind} {artifact_id[:12]}: {os_error_message(exc, work)}",
+                (f"its staging is kept in {work}: run the same command again to resume"
+                 if kept else "nothing was kept") + "; free space or fix permissions, "
+                "or pick another store with --store") from None
+
+    def _produce(self, kind: str, artifact_id: str, config: dict[str, Any],
+                 parents: list[str], build: Callable[[Staging], dict[str, Any]], force: bool,
+                 resumable: bool, selectors: dict[str, Any] | None,
+                 w: dist.World) -> Artifact:
         dist.agree(artifact_id, "the artifact id (config and parents)", w)
         with self._lock(artifact_id) if w.main else contextlib.nullcontext():
             decision = None
@@ -273,7 +425,9 @@ class Store:
                 ) -> dict[str, Any]:
         """Cached, resumed or fresh (under the lock); a fresh or resumed staging folder."""
         self._recover_interrupted_force(kind, artifact_id)
-        if self.find(kind, artifact_id) is not None and not force:
+        found = None if force else self.find(kind, artifact_id)
+        if found is not None:
+            self.check(found)  # damaged: refused (a --force rebuild replaces it)
             return {"cached": True}
         work = self.staging / artifact_id
         resumed = work.is_dir() and resumable and not force
@@ -295,7 +449,7 @@ class Store:
             "kind": kind, "id": artifact_id, "lpld_version": __version__,
             "format_version": FORMAT_VERSION, "config": config, "parents": list(parents),
             "created": time.time(), "selectors": staging.selectors, "metrics": metrics,
-            "files": _hash_tree(work),
+            "host": host_facts(), "files": _hash_tree(work),
         }
         _write_atomic(work / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         for path in _walk(work):
@@ -303,7 +457,7 @@ class Store:
         (work / MANIFEST).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         final = self.objects / kind / artifact_id
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # --force: swap the old one out, then drop it
+        if final.exists():  # --force (or a damaged folder): swap the old one out, then drop it
             trash = self.staging / f".trash-{artifact_id}"
             if trash.exists():
                 _rmtree(trash)
@@ -325,6 +479,121 @@ class Store:
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(trash, final)
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged entry under objects/: its path relative to objects/, what is wrong, and
+    the first damaged file (manifest.json for manifest damage, "" for a stray entry)."""
+
+    path: str
+    problem: str
+    file: str = ""
+
+    def error(self) -> ArtifactCorruptedError:
+        """The DESIGN §2 error: `artifact ID is corrupted: FILE`."""
+        name = self.path.rsplit("/", 1)[-1]
+        if not self.file:
+            return ArtifactCorruptedError(name, f"objects/{self.path} is not an artifact")
+        return ArtifactCorruptedError(name, self.file, detail=self.problem)
+
+
+# The manifest keys every reader relies on, with their JSON types.
+_MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "id": str, "config": dict, "parents": list, "files": dict, "metrics": dict,
+    "created": (int, float)}
+
+
+def _manifest_problem(manifest: Any, kind: str, folder: str) -> str | None:
+    """What is wrong with a parsed manifest in objects/<kind>/<folder>/, or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, types in _MANIFEST_KEYS.items():
+        if key not in manifest:
+            return f"key {key!r} is missing"
+        if not isinstance(manifest[key], types) or isinstance(manifest[key], bool):
+            return f"key {key!r} has the wrong type"
+    if manifest["kind"] != kind:
+        return f"kind {manifest['kind']!r} in a {kind} folder"
+    if manifest["id"] != folder:
+        return f"id {manifest['id'][:12]}… differs from its folder name"
+    if not all(isinstance(p, str) for p in manifest["parents"]):
+        return "parents are not ids"
+    for rel, meta in manifest["files"].items():
+        if (not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int)
+                or not isinstance(meta.get("sha256"), str) or rel.startswith("/")
+                or ".." in Path(rel).parts):
+            return f"file entry {rel!r} is malformed"
+    try:
+        expected = Store.artifact_id(kind, manifest["config"], manifest["parents"])
+    except ValueError:
+        return "config is not canonical JSON"
+    if expected != folder:
+        return "id is not the hash of its kind, config and parents"
+    return None
+
+
+def _payload_problems(artifact: Artifact, rehash: bool) -> list[tuple[str, str]]:
+    """(file, problem) for every payload file that is missing, resized, changed or extra."""
+    problems = []
+    files = artifact.manifest["files"]
+    for rel, meta in sorted(files.items()):
+        path = artifact.path / rel
+        if not path.is_file():
+            problems.append((rel, "missing"))
+        elif path.stat().st_size != meta["bytes"]:
+            problems.append((rel, f"{path.stat().st_size} bytes, manifest says {meta['bytes']}"))
+        elif rehash:
+            try:
+                if sha256_file(path) != meta["sha256"]:
+                    problems.append((rel, "sha256 mismatch"))
+            except OSError as exc:
+                problems.append((rel, f"unreadable ({exc.strerror})"))
+    extra = {p.relative_to(artifact.path).as_posix() for p in _walk(artifact.path)} - set(files)
+    problems += [(rel, "not in the manifest") for rel in sorted(extra)]
+    return problems
+
+
+def _is_store(folder: Path) -> bool:
+    """A folder holding objects/ with only kind folders in it, and staging/ or a kind folder."""
+    objects = folder / "objects"
+    if not objects.is_dir():
+        return False
+    names = {p.name for p in objects.iterdir()}
+    return names <= set(KINDS) and (bool(names) or (folder / "staging").is_dir())
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor()
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def host_facts() -> dict[str, Any]:
+    """What made an artifact: software versions, device and threads (never hashed)."""
+    import platform
+
+    facts: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                             "machine": platform.machine(), "cpu": _cpu_model(),
+                             "cpus": os.cpu_count(), "lpld": __version__}
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return facts
+    facts.update(torch=torch.__version__, threads=torch.get_num_threads(),
+                 deterministic=torch.are_deterministic_algorithms_enabled(),
+                 cuda=torch.version.cuda if torch.cuda.is_available() else None)
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
 
 
 def _walk(root: Path) -> list[Path]:

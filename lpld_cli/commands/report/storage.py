@@ -41,7 +41,7 @@ def command(
                     ] = "auto",
     image_bytes: Annotated[int | None, typer.Option(
         help="Bytes per stored image (with --plan) [default: raw uint8 H*W*C, about what "
-             "lossless PNG of synthetic images takes].", show_default=False)] = None,
+             "lossless PNG of synthetic images takes].", show_default=False, min=1)] = None,
 ) -> None:
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
