@@ -7,16 +7,27 @@
 
 `student_loss(name, T)` builds the loss of a config once; train calls it every step with
 (student logits, teacher logits or None, classes, row).
+
+Top-k soft targets and temperatures (LPQLD, issue 15): `soft_kl` takes a
+`storage.encoding.SoftTarget` (full logits or the top-k triple) and never builds a C-wide
+teacher distribution with zeros: with fill "none" the KL is taken over the kept classes by
+gather (LPQLD's "MR-k"); with a fill (min / lme) the teacher is the dense vector
+[v at index, fill elsewhere]. Temperature schedules (LPQLD "DKR"): constant, step
+T(e) = max(T_min, T₀·γ^⌊e/s⌋), cosine from T₀ to T_min. Student temperature (LPQLD "CA"):
+after each epoch, T_s ← argmin over t ∈ linspace(0.01, 1, 100) of KL(p̂_T ‖ softmax(s / t)).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from lpld_cli.data.augment import Row
+from lpld_cli.errors import ConfigError
+from lpld_cli.storage.encoding import SoftTarget
 
 LOSSES = ("kl", "mse-gt")
 # G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
@@ -63,3 +74,55 @@ def student_loss(name: str, temperature: float) -> Loss:
         return mse_gt_loss(student, target, classes, row)
 
     return loss
+
+
+TEMPERATURE_SCHEDULES = ("constant", "step", "cosine")
+# LPQLD's calibration grid for the student temperature.
+CALIBRATION_GRID = torch.linspace(0.01, 1.0, 100)
+
+
+def soft_kl(student: torch.Tensor, target: SoftTarget, temperature: float,
+            student_temperature: float | None = None) -> torch.Tensor:
+    """KL(teacher_T ‖ softmax(student / T_s)), batch mean, no T² factor (the authors' choice).
+
+    `student_temperature` None: the same T on both sides.
+    """
+    ts = temperature if student_temperature is None else student_temperature
+    log_q = F.log_softmax(student.float() / ts, -1)
+    if target.logits is None and target.fill is None:
+        assert target.values is not None and target.index is not None
+        log_p = F.log_softmax(target.values.float() / temperature, -1)
+        kept = log_q.gather(-1, target.index)
+        return (log_p.exp() * (log_p - kept)).sum(-1).mean()
+    teacher = target.dense(student.shape[-1]).float()
+    return F.kl_div(log_q, F.log_softmax(teacher / temperature, -1), reduction="batchmean",
+                    log_target=True)
+
+
+def temperature_at(schedule: str, epoch: int, epochs: int, t0: float, t_min: float,
+                   step: int, gamma: float) -> float:
+    """The teacher temperature of (0-based) `epoch` under `schedule`."""
+    if schedule == "constant":
+        return t0
+    if schedule == "step":
+        return max(t_min, t0 * gamma ** (epoch // step))
+    if schedule == "cosine":
+        return t_min + 0.5 * (t0 - t_min) * (1 + math.cos(math.pi * epoch / epochs))
+    raise ConfigError(f"unknown --temperature-schedule {schedule!r}",
+                      f"choose one of: {', '.join(TEMPERATURE_SCHEDULES)}")
+
+
+def lowest_temperature(schedule: str, epochs: int, t0: float, t_min: float, step: int,
+                       gamma: float) -> float:
+    """The smallest temperature the schedule reaches over `epochs` epochs."""
+    return min(temperature_at(schedule, e, epochs, t0, t_min, step, gamma)
+               for e in range(epochs))
+
+
+@torch.no_grad()
+def calibrate_student_temperature(student: torch.Tensor, target: SoftTarget,
+                                  temperature: float) -> float:
+    """LPQLD's CA: the grid t minimising KL(teacher_T ‖ softmax(student / t))."""
+    losses = torch.stack([soft_kl(student, target, temperature, float(t))
+                          for t in CALIBRATION_GRID])
+    return float(CALIBRATION_GRID[int(torch.argmin(losses))])
