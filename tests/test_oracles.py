@@ -14,7 +14,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from lpld_cli import recover as recover_module
-from lpld_cli.data.augment import Row, cutmix_box, draw_row, replay
+from lpld_cli.data.augment import ImageBank, Row, cutmix_box, draw_row, replay
 from lpld_cli.models.bn_stats import ClassStats
 from lpld_cli.models.teacher import Teacher
 from lpld_cli.recover import RecoverConfig, Unit, synthesize, unit_seed
@@ -32,12 +32,13 @@ def _interior(start: int, length: int, size: int) -> np.ndarray:
 def test_replayed_crop_resize_flip_equals_torchvision(seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     size, b, c = 24, 5, 3
-    images = torch.rand(8, c, size, size, generator=g)
+    pixels = torch.randint(0, 256, (8, c, size, size), generator=g, dtype=torch.uint8)
+    images = pixels.float() / 255  # what the bank gives with mean 0, std 1
     row = draw_row(torch.tensor([3, 0, 7, 5, 1], dtype=torch.int32), size, "none", g)
-    out = replay(images, row)
+    out = replay(ImageBank(pixels, [0.0] * c, [1.0] * c), row)
     assert out.shape == (b, c, size, size)
     for i in range(b):
-        top, left, h, w = (int(round(float(v) * size)) for v in row.crop[i])
+        top, left, h, w = (int(v) for v in row.crop[i])  # integer pixel boxes (contract v2)
         want = TF.resized_crop(images[int(row.image_index[i])], top, left, h, w, [size, size],
                                interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
         if row.flip[i]:
@@ -54,22 +55,25 @@ def test_replayed_crop_resize_flip_equals_torchvision(seed: int) -> None:
 
 
 def test_a_flip_is_along_the_width() -> None:
-    image = torch.arange(16.0).view(1, 1, 4, 4)
-    row = Row(torch.tensor([0], dtype=torch.int32), torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
+    pixels = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+    image = pixels.float() / 255
+    row = Row(torch.tensor([0], dtype=torch.int32), torch.tensor([[0, 0, 4, 4]], dtype=torch.int32),
               torch.tensor([True]), torch.tensor([0], dtype=torch.int32), 1.0,
               torch.zeros(4, dtype=torch.int32))
-    assert torch.equal(replay(image, row)[0, 0], image[0, 0].flip(1))
+    out = replay(ImageBank(pixels, [0.0], [1.0]), row)[0, 0]
+    assert torch.allclose(out, image[0, 0].flip(1), atol=1e-6)
 
 
 def test_a_hand_placed_cutmix_patch() -> None:
     g = torch.Generator().manual_seed(0)
     size = 12
-    images = torch.rand(3, 1, size, size, generator=g)
-    full = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3)  # identity crops
+    pixels = torch.randint(0, 256, (3, 1, size, size), generator=g, dtype=torch.uint8)
+    images = pixels.float() / 255
+    full = torch.tensor([[0, 0, size, size]] * 3, dtype=torch.int32)  # identity crops
     box = torch.tensor([2, 5, 6, 11], dtype=torch.int32)  # rows 2..5, columns 5..10
     row = Row(torch.tensor([0, 1, 2], dtype=torch.int32), full, torch.zeros(3, dtype=torch.bool),
               torch.tensor([2, 0, 1], dtype=torch.int32), 1 - 4 * 6 / 144, box)
-    out = replay(images, row)
+    out = replay(ImageBank(pixels, [0.0], [1.0]), row)
     for slot, partner in ((0, 2), (1, 0), (2, 1)):
         expected = images[slot, 0].clone()
         for y in range(2, 6):
@@ -97,7 +101,7 @@ def _softmax64(x: np.ndarray) -> np.ndarray:
 
 
 def test_kl_loss_is_kl_teacher_to_student_at_t_without_t_squared() -> None:
-    from lpld_cli.train import kl_loss
+    from lpld_cli.models.losses import kl_loss
 
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(6, 10, generator=g) * 3, torch.randn(6, 10, generator=g) * 3
@@ -113,7 +117,7 @@ def test_kl_loss_is_kl_teacher_to_student_at_t_without_t_squared() -> None:
 
 
 def test_mixed_ce_is_lambda_weighted_ce_of_both_classes() -> None:
-    from lpld_cli.train import mixed_ce
+    from lpld_cli.models.losses import mixed_ce
 
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(4, 5, generator=g)
@@ -203,9 +207,8 @@ def test_recover_objective_equals_a_hand_computation(first: float) -> None:
     box = recover_module.sample_crop_boxes(1, size, size, g, scale=(0.08, 1.0))[0]
     flip = bool(torch.rand(1, generator=g) < 0.5)
     dy, dx = (int(v) for v in torch.randint(0, jitter + 1, (2,), generator=g))
-    row = Row(torch.tensor([0], dtype=torch.int32), box[None], torch.tensor([flip]),
-              torch.tensor([0], dtype=torch.int32), 1.0, torch.zeros(4, dtype=torch.int32))
-    view = torch.roll(replay(x, row), shifts=(dy, dx), dims=(2, 3))
+    crop = recover_module.resized_crop(x, box[None], torch.tensor([flip]), size)
+    view = torch.roll(crop, shifts=(dy, dx), dims=(2, 3))
     assert seen[0] == pytest.approx(_hand_objective(net, view, 1, targets, r_bn, first),
                                     rel=1e-4)
 
