@@ -83,7 +83,7 @@ CASES: list[str] = [
     "recover --r-bn -1",
     f"recover --r-bn {NAN}",
     f"recover --r-bn {INF}",
-    "recover --first-bn-multiplier 0",
+    # (--first-bn-multiplier 0 is valid: like --r-bn 0, an ablation that drops a term)
     "recover --first-bn-multiplier -1",
     f"recover --first-bn-multiplier {NAN}",
     "recover --jitter -1",
@@ -201,16 +201,7 @@ CASES: list[str] = [
 ]
 
 
-# Config values that `resolved()` is to refuse (issue 12 centralises that validation): they
-# still fall back to the preset or reach the build. Each passes once it is refused.
-PENDING_RESOLVED = {
-    "squeeze --batch-size 0", "squeeze --lr 0", "squeeze --lr -1", f"squeeze --lr {NAN}",
-    f"squeeze --lr {INF}", "squeeze --width -1", "recover --first-bn-multiplier 0",
-    "train --batch-size 0", f"train --weight-decay {NAN}",
-}
-PARAMS = [pytest.param(c, marks=pytest.mark.xfail(reason="issue 12: resolved() validation",
-                                                  strict=False))
-          if c in PENDING_RESOLVED else c for c in CASES]
+PARAMS = CASES
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +45,10 @@ def code_hash() -> str:
 
 def request_key(command: str, options: dict[str, Any], parents: list[str]) -> str:
     """The key of one command line: its resolved options, parents and lpld's source."""
-    clean = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()}
+    # paths as text; NaN/inf (refused later, by the config) as text, so the key is JSON
+    clean = {k: (str(v) if isinstance(v, os.PathLike) or (isinstance(v, float)
+                                                       and not math.isfinite(v)) else v)
+             for k, v in options.items()}
     blob = canonical_json({"command": command, "options": clean, "parents": list(parents),
                            "code": code_hash()})
     return hashlib.sha256(blob.encode()).hexdigest()
