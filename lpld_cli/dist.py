@@ -171,6 +171,25 @@ def peer_error() -> str | None:
     return None
 
 
+# What gloo / NCCL say when a peer process died under a collective: the watchdog, not this
+# rank, knows which rank it was.
+_PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+              "remote process exited")
+
+
+def peer_lost(message: str) -> bool:
+    """Whether an error is a collective failing because another rank died."""
+    return any(text in message for text in _PEER_LOSS)
+
+
+def await_watchdog() -> None:
+    """Give the watchdog the time to name the rank that stopped (it exits the process)."""
+    limit = float(os.environ.get("LPLD_DIST_HEARTBEAT_S", "60"))
+    deadline = time.monotonic() + limit + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 class _Watchdog(threading.Thread):
     """Exit when another rank failed or stopped beating, even outside any collective."""
 

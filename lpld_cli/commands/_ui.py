@@ -108,6 +108,8 @@ def _fail(message: str, hint: str | None) -> None:
         time.sleep(2)
         return
     if w.distributed:
+        if dist.peer_lost(message) and dist.peer_error() is None:
+            dist.await_watchdog()  # it names the rank that died and exits
         if dist.peer_error() is not None or not dist.claim_error(f"rank {w.rank}: {message}"):
             return  # another rank's failure: it printed the one line
         message = f"rank {w.rank}: {message}"
