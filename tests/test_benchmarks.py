@@ -146,7 +146,8 @@ def test_speed_quick_figures(quick_results: Path) -> None:
     f = res["figures"]
     assert set(f) == {"recover", "relabel", "train_stored_vs_hard", "train_online_vs_hard",
                       "train_stored_vs_online", "label_wait", "storage", "storage_blocks",
-                      "rss_relabel", "rss_train"} | (
+                      "rss_relabel", "rss_train", "startup_help", "startup_ls", "startup_show",
+                      "startup_cached"} | (
                           {"dist_recover"} | ({"dist_relabel"} if "dist_relabel" in f else set())
                           if res["meta"]["device"]["type"] == "cpu" else set())
     for key, fig in f.items():
