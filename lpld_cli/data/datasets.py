@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lpld_cli.data.augment import normalise
 from lpld_cli.data.geometry import FolderInfo, image_files, inspect_folder, recipe_for
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import loader_workers
@@ -122,11 +123,7 @@ class RealData:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images to the preset's normalised space."""
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        mean = torch.tensor(self.preset.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.preset.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalise(x, self.preset.mean, self.preset.std)
 
     def batches(self, split: str, batch_size: int, device: torch.device, *,
                 augment: bool = False, shuffle: bool = False, seed: int = 0, stream: str = "",
