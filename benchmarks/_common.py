@@ -23,6 +23,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from lpld_cli.storage.store import write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 DEFAULT_OUT = BENCH / "results"
@@ -225,9 +227,8 @@ def default_jobs(device_type: str) -> int:
 # ------------------------------------------------------------------ RESULTS.md
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=1, sort_keys=False, default=_json_default)
+                 + "\n")
 
 
 def publish(out: Path, name: str, result: dict[str, Any], started: float) -> int:
@@ -480,7 +481,7 @@ def regenerate_results(out: Path, target: Path | None = None) -> Path:
         render = render_reproduce if path.name.startswith("reproduce") else render_speed
         parts += [render(res), ""]
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(parts).rstrip() + "\n")
+    write_atomic(target, "\n".join(parts).rstrip() + "\n")
     return target
 
 
