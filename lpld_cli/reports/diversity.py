@@ -33,10 +33,9 @@ from lpld_cli.errors import ConfigError
 from lpld_cli.models.factory import penultimate_features
 from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.reports import DEFAULT_REAL_PER_CLASS
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Store
-
-DEFAULT_REAL_PER_CLASS = 100
 
 
 @torch.no_grad()

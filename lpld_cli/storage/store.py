@@ -54,6 +54,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` as the file system reports them (0 if absent)."""
+    return int(sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
