@@ -480,6 +480,13 @@ def regenerate_results(out: Path, target: Path | None = None) -> Path:
             res["figure"] = os.path.relpath(out / Path(res["figure"]).name, target.parent)
         render = render_reproduce if path.name.startswith("reproduce") else render_speed
         parts += [render(res), ""]
+    demo = out / "demo.json"
+    if demo.is_file():  # benchmarks/demo.py: the README's first command, timed
+        from benchmarks.demo import render as render_demo
+
+        res = json.loads(demo.read_text())
+        res["figure"] = os.path.relpath(out / res["figure"], target.parent)
+        parts += [render_demo(res), ""]
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, "\n".join(parts).rstrip() + "\n")
     return target
