@@ -34,16 +34,15 @@ from lpld_cli.data import augment
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.encoding import Encoding, encode, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import (
     CODECS,
     GROUP,
-    LOGITS_DTYPES,
-    SCHEMA,
     LabelRows,
     LabelStore,
-    encode_logits,
     rows_per_chunk_for,
+    store_schema,
 )
 from lpld_cli.storage.store import Artifact, Store
 
@@ -63,6 +62,20 @@ class RelabelConfig:
     codec: str = "zstd"
     rows_per_chunk: int | None = None  # None: ~4 MB of logits per chunk
     seed: int = 0
+    # label encoding (storage.encoding): top-k instead of full logits, written directly
+    topk: int | None = None
+    topk_fill: str = "none"
+    fill_temperature: float | None = None  # lme only
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(logits_dtype=self.logits_dtype, topk=self.topk,
+                        topk_fill=self.topk_fill, fill_temperature=self.fill_temperature)
+
+    def identity(self) -> dict[str, Any]:
+        """The canonical config (encoding fields only when set: ids of older stores hold)."""
+        return identity_dict(asdict(self), {"topk": None, "topk_fill": "none",
+                                            "fill_temperature": None})
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -72,9 +85,7 @@ class RelabelConfig:
         if self.mix not in augment.MIXES:
             raise ConfigError(f"unknown --mix {self.mix!r}",
                               f"choose one of: {', '.join(augment.MIXES)}")
-        if self.logits_dtype not in LOGITS_DTYPES:
-            raise ConfigError(f"unknown --logits-dtype {self.logits_dtype!r}",
-                              f"choose one of: {', '.join(LOGITS_DTYPES)}")
+        self.encoding.validate()
         if self.codec not in CODECS:
             raise ConfigError(f"unknown --codec {self.codec!r}",
                               f"choose one of: {', '.join(CODECS)}")
@@ -95,6 +106,9 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
     """
     config.validate()
     device = device or torch.device("cpu")
+    classes = images.metrics.get("classes")
+    if classes:
+        config.encoding.validate(int(classes))
     if images.kind != "images":
         raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set",
                           "pass an images id (made by `lpld recover`)")
@@ -110,7 +124,7 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
             return _build(staging.path, config, images, teacher, device, reporter)
 
     return store.produce(
-        "labels", asdict(config), [images.id, teacher.id], build, force=force, resumable=True,
+        "labels", config.identity(), [images.id, teacher.id], build, force=force, resumable=True,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
                    "method": sel.get("method"), "ratio": 1.0, "granularity": None,
                    "metric": None})
@@ -127,7 +141,9 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     b = config.batch_size
     batches_per_epoch = math.ceil(num_images / b)
     rows = config.epochs * batches_per_epoch
-    chunk = config.rows_per_chunk or rows_per_chunk_for(b, num_classes, config.logits_dtype)
+    encoding = config.encoding
+    encoding.validate(num_classes)
+    chunk = config.rows_per_chunk or rows_per_chunk_for(b, num_classes, encoding)
     chunk = min(chunk, rows)
     attributes = {
         "batches_per_epoch": batches_per_epoch, "epochs": config.epochs,
@@ -141,9 +157,9 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
         done -= done % label_store.rows_per_chunk  # whole chunks only
         reporter.log(f"resuming relabel at row {done} of {rows}")
     else:
-        label_store = LabelStore.create(folder, rows, b, num_classes,
-                                        logits_dtype=config.logits_dtype, codec=config.codec,
-                                        rows_per_chunk=chunk, attributes=attributes)
+        label_store = LabelStore.create(folder, rows, b, num_classes, codec=config.codec,
+                                        rows_per_chunk=chunk, attributes=attributes,
+                                        encoding=encoding)
         _write_progress(progress_path, 0)
     chunk = label_store.rows_per_chunk
 
@@ -152,7 +168,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     if done:
         task.advance(done)
     start_time = time.perf_counter()
-    buffer = _empty_block(chunk, b, num_classes, label_store.arrays["logits"].dtype)
+    buffer = _empty_block(chunk, b, num_classes, encoding)
     filled = 0
     pending: list[torch.Tensor] = []
     block_start = done
@@ -170,12 +186,13 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
                 _fill(buffer, filled, r, row)
                 filled += 1
                 if filled == chunk or r == rows - 1:
-                    buffer.logits[:filled] = encode_logits(torch.stack(pending),
-                                                           config.logits_dtype)
+                    # encoded straight from the teacher's float32 logits: a top-k or
+                    # quantized store never holds full-precision logits on disk
+                    for name, array in encode(torch.stack(pending), encoding).items():
+                        getattr(buffer, name)[:filled] = array
                     pending = []
                     writer.put(block_start, buffer.take(slice(0, filled)))
-                    buffer = _empty_block(chunk, b, num_classes,
-                                          label_store.arrays["logits"].dtype)
+                    buffer = _empty_block(chunk, b, num_classes, encoding)
                     block_start += filled
                     filled = 0
                 elapsed = time.perf_counter() - start_time
@@ -220,12 +237,9 @@ def _cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _empty_block(rows: int, b: int, c: int, logits_dtype: Any) -> LabelRows:
-    arrays = {}
-    for name, (dtype, trailing, _dims) in SCHEMA.items():
-        dt = logits_dtype if name == "logits" else dtype
-        arrays[name] = np.zeros((rows, *trailing(b, c)), dtype=dt)
-    return LabelRows(**arrays)
+def _empty_block(rows: int, b: int, c: int, encoding: Encoding) -> LabelRows:
+    return LabelRows(**{name: np.zeros((rows, *trailing), dtype=dtype)
+                        for name, (dtype, trailing, _d) in store_schema(encoding, b, c).items()})
 
 
 def _fill(block: LabelRows, i: int, row_number: int, row: augment.Row) -> None:

@@ -35,8 +35,15 @@ from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
+from lpld_cli.models.losses import (
+    TEMPERATURE_SCHEDULES,
+    calibrate_student_temperature,
+    soft_kl,
+    temperature_at,
+)
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.encoding import SoftTarget, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Staging, Store
 
@@ -71,6 +78,32 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
     mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
+    # LPQLD's temperature schedule (DKR) from `temperature` down to `temperature_min`,
+    # the student's temperature (same | a number | auto: LPQLD's CA calibration), and
+    # `hard_epochs` of cross-entropy on the classes in the middle of training (HALD)
+    temperature_schedule: str = "constant"
+    temperature_min: float = 2.0
+    temperature_step: int = 30
+    temperature_gamma: float = 0.7
+    student_temperature: str = "same"
+    hard_epochs: int = 0
+
+    def identity(self) -> dict[str, Any]:
+        """The canonical config; options still at their defaults are left out, so students
+        made before they existed keep their ids."""
+        return identity_dict(asdict(self), {
+            "temperature_schedule": "constant", "temperature_min": 2.0, "temperature_step": 30,
+            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0})
+
+    def temperature_at(self, epoch: int) -> float:
+        return temperature_at(self.temperature_schedule, epoch, self.epochs, self.temperature,
+                              self.temperature_min, self.temperature_step,
+                              self.temperature_gamma)
+
+    def hard_epoch(self, epoch: int) -> bool:
+        """Whether `epoch` is one of the `hard_epochs` in the middle of training."""
+        first = (self.epochs - self.hard_epochs) // 2
+        return first <= epoch < first + self.hard_epochs
 
     def validate(self) -> None:
         if self.labels not in LABEL_MODES:
@@ -96,19 +129,34 @@ class TrainConfig:
             raise ConfigError(f"warm-up epochs must be in [0, --epochs) (got {self.warmup_epochs})")
         if self.mix not in MIXES:
             raise ConfigError(f"unknown mix {self.mix!r}", f"choose one of: {', '.join(MIXES)}")
+        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
+            raise ConfigError(f"unknown --temperature-schedule {self.temperature_schedule!r}",
+                              f"choose one of: {', '.join(TEMPERATURE_SCHEDULES)}")
+        if not (math.isfinite(self.temperature_min) and 0 < self.temperature_min):
+            raise ConfigError(f"--temperature-min must be a positive number (got "
+                              f"{self.temperature_min})")
+        if self.temperature_step < 1:
+            raise ConfigError(f"--temperature-step must be at least 1 (got "
+                              f"{self.temperature_step})")
+        if not (math.isfinite(self.temperature_gamma) and 0 < self.temperature_gamma <= 1):
+            raise ConfigError(f"--temperature-gamma must be in (0, 1] (got "
+                              f"{self.temperature_gamma})")
+        if self.student_temperature not in ("same", "auto"):
+            try:
+                value = float(self.student_temperature)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--student-temperature must be same, auto or a positive "
+                                  f"number (got {self.student_temperature!r})")
+        if not 0 <= self.hard_epochs < self.epochs:
+            raise ConfigError(f"--hard-epochs must be in [0, --epochs) (got {self.hard_epochs})")
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
 
 
 # ------------------------------------------------------------------------- losses
-def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) ‖ softmax(s/T)), batch mean, without a T² factor (the authors' choice)."""
-    return F.kl_div(F.log_softmax(student / temperature, 1),
-                    F.log_softmax(teacher / temperature, 1),
-                    reduction="batchmean", log_target=True)
-
-
 def mixed_ce(student: torch.Tensor, classes: torch.Tensor, row: Row) -> torch.Tensor:
     """Cross-entropy on one-hot classes, λ-mixed with the CutMix partners' classes."""
     valid = row.valid
@@ -172,6 +220,10 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"label store {labels.short} labels images "
                               f"{str(pool.images_id)[:12]}, not {images.short}",
                               "train on the label store's own images")
+        if config.loss != "kl" and pool.encoding.is_topk:
+            raise ConfigError(f"--loss {config.loss} needs full logits; label store "
+                              f"{labels.short} holds {pool.encoding.describe()}",
+                              "use --loss kl with top-k labels")
         config = replace(config, mix=pool.mix)  # stored rows carry their own augmentation
         parents.append(labels.id)
     elif config.labels == "online":
@@ -181,7 +233,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"artifact {teacher.short} is a {teacher.kind}, not a teacher")
         parents.append(teacher.id)
 
-    hit = None if force else store.cached("student", asdict(config), parents)
+    hit = None if force else store.cached("student", config.identity(), parents)
     if hit is not None:  # no need to load the dataset or build the network
         return hit
     dataset = images.selectors.get("dataset", config.dataset)
@@ -205,7 +257,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
                  "ratio": labels.selectors.get("ratio", 1.0) if stored else None,
                  "granularity": labels.selectors.get("granularity") if stored else None,
                  "labels": config.labels, "model": config.model}
-    return store.produce("student", asdict(config), parents, build, force=force,
+    return store.produce("student", config.identity(), parents, build, force=force,
                          resumable=True, selectors=selectors)
 
 
@@ -234,6 +286,12 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     label_seconds, step_seconds = state["label_seconds"], state["step_seconds"]
     if start_epoch:
         reporter.log(f"resuming the student from epoch {start_epoch}/{config.epochs}")
+    # LPQLD's CA starts from t = 1 and re-calibrates after every epoch
+    student_t = {"same": None, "auto": 1.0}.get(config.student_temperature)
+    if student_t is None and config.student_temperature != "same":
+        student_t = float(config.student_temperature)
+    if config.student_temperature == "auto" and history:
+        student_t = history[-1]["student_temperature_next"]
 
     prefetch = (Prefetcher(pool, pool.sampler(config.seed), start_epoch, config.epochs,
                            pin=device.type == "cuda") if pool is not None else None)
@@ -247,10 +305,13 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                 group["lr"] = lr
             started = time.perf_counter()
             total_loss, steps = 0.0, 0
+            temperature = config.temperature_at(epoch)
+            hard = config.hard_epoch(epoch)
+            last: tuple[torch.Tensor, SoftTarget] | None = None
             if prefetch is not None:
                 wait_before = prefetch.wait_seconds
-                batches: Iterator[tuple[Row, torch.Tensor | None]] = (
-                    (b.row, b.logits) for b in prefetch.epoch(epoch))
+                batches: Iterator[tuple[Row, SoftTarget | None]] = (
+                    (b.row, b.target) for b in prefetch.epoch(epoch))
             else:
                 batches = ((row, None) for row in epoch_rows(
                     len(x_all), config.batch_size, spec["image_size"], config.mix,
@@ -263,18 +324,19 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     target = stored[:valid].to(device, non_blocking=True)
                 elif teacher is not None:
                     t0 = time.perf_counter()
-                    target = teacher_logits(teacher, x_all, row, device)[:valid]
+                    target = SoftTarget(logits=teacher_logits(teacher, x_all, row, device)[:valid])
                     label_seconds += time.perf_counter() - t0
                 with autocast(device):
                     out = model(x)
                 out = out.float()
                 y = y_all[row.image_index[:valid].to(device, torch.long)]
-                if target is None:
+                if target is None or hard:
                     loss = mixed_ce(out, y, row)
                 elif config.loss == "kl":
-                    loss = kl_loss(out, target, config.temperature)
+                    loss = soft_kl(out, target, temperature, student_t)
+                    last = (out.detach(), target)
                 else:
-                    loss = F.mse_loss(out, target) + MSE_GT_CE_WEIGHT * mixed_ce(out, y, row)
+                    loss = F.mse_loss(out, target.logits) + MSE_GT_CE_WEIGHT * mixed_ce(out, y, row)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -287,6 +349,13 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1),
                                       "lr": lr, "steps": steps,
                                       "seconds": round(time.perf_counter() - started, 4)}
+            if config.labels != "hard":
+                record.update(temperature=temperature, hard=hard,
+                              student_temperature=student_t or temperature)
+            if config.student_temperature == "auto":
+                if last is not None:  # LPQLD's CA on the epoch's last batch
+                    student_t = calibrate_student_temperature(last[0], last[1], temperature)
+                record["student_temperature_next"] = student_t
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
                 record["test_top1_subset"] = evaluate(model, probe, device)["top1"]
             history.append(record)

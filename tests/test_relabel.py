@@ -201,9 +201,7 @@ def test_interrupted_relabel_resumes_to_the_same_store(store_with_teacher: Store
 
 
 def _config_dict(config: RelabelConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
+    return config.identity()
 
 
 @pytest.mark.slow

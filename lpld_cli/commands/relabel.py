@@ -37,7 +37,20 @@ def command(
     mix: Annotated[str | None, typer.Option(
         help="cutmix | none [default: the dataset preset's].", show_default=False)] = None,
     logits_dtype: Annotated[str, typer.Option(
-        help="float16 | bfloat16 | float32.")] = "float16",
+        help="float16 | bfloat16 | float32 | q8 | q4 (q8/q4: codes from each slot's maximum "
+             "with one fp16 scale per slot; with --topk the values are float16).")
+    ] = "float16",
+    topk: Annotated[int | None, typer.Option(
+        help="Store only the K largest logits of each slot (fp16) and their classes "
+             "(LPQLD's label quantization); 1 ≤ K < classes [default: full logits].",
+        show_default=False)] = None,
+    topk_fill: Annotated[str, typer.Option(
+        help="none | min | lme: what the other classes get (with --topk). none: no mass "
+             "(LPQLD's MR); min: the slot's minimum logit (LPQLD's MRS); lme: one fill logit "
+             "reproducing FKD's marginal smoothing at --fill-temperature.")] = "none",
+    fill_temperature: Annotated[float | None, typer.Option(
+        help="The temperature at which an lme fill is exact [default: the preset's training "
+             "temperature].", show_default=False)] = None,
     codec: Annotated[str, typer.Option(help="zstd | lz4 | gzip | none (Blosc zstd/lz4 with "
                                        "byte shuffle).")] = "zstd",
     rows_per_chunk: Annotated[int | None, typer.Option(
@@ -56,15 +69,19 @@ def command(
     # Explicit values are checked before looking anything up in the store.
     RelabelConfig(epochs=1 if epochs is None else epochs,
                   batch_size=1 if batch_size is None else batch_size, mix=mix or "none",
-                  logits_dtype=logits_dtype, codec=codec,
-                  rows_per_chunk=rows_per_chunk).validate()
+                  logits_dtype=logits_dtype, codec=codec, rows_per_chunk=rows_per_chunk,
+                  topk=topk, topk_fill=topk_fill,
+                  fill_temperature=fill_temperature or (1.0 if topk_fill == "lme" else None)
+                  ).validate()
     images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
     preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
     config = RelabelConfig(
         epochs=preset.relabel_epochs if epochs is None else epochs,
         batch_size=preset.relabel_batch_size if batch_size is None else batch_size,
         mix=mix or preset.mix, logits_dtype=logits_dtype, codec=codec,
-        rows_per_chunk=rows_per_chunk, seed=common.seed)
+        rows_per_chunk=rows_per_chunk, seed=common.seed, topk=topk, topk_fill=topk_fill,
+        fill_temperature=(fill_temperature or preset.temperature) if topk_fill == "lme"
+        else None)
     config.validate()
     teacher_artifact = common.store.get(teacher, kind="teacher") if teacher else None
     with RichReporter() as reporter:

@@ -74,6 +74,8 @@ class Encoding:
         if self.topk_fill not in TOPK_FILLS:
             raise ConfigError(f"unknown --topk-fill {self.topk_fill!r}",
                               f"choose one of: {', '.join(TOPK_FILLS)}")
+        if self.fill_temperature is not None and self.topk_fill != "lme":
+            raise ConfigError("--fill-temperature applies to --topk-fill lme only")
         if self.topk is None:
             if self.topk_fill != "none":
                 raise ConfigError("--topk-fill applies to top-k stores only",
@@ -169,11 +171,10 @@ class Encoding:
             raise refuse(f"its lme fill is defined at T={self.fill_temperature:g} only")
 
 
-def parse_logits_dtype(text: str) -> str:
-    if text not in LOGITS_DTYPES:
-        raise ConfigError(f"unknown --logits-dtype {text!r}",
-                          f"choose one of: {', '.join(LOGITS_DTYPES)}")
-    return text
+def identity_dict(config: dict[str, Any], unset: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the fields still at their `unset` value, so adding an option does
+    not change the id of any artifact made without it."""
+    return {k: v for k, v in config.items() if not (k in unset and v == unset[k])}
 
 
 # ---------------------------------------------------------------- quantization

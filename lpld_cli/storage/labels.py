@@ -18,9 +18,9 @@ import zarr
 import zarr.codecs
 
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
+from lpld_cli.storage.encoding import LABEL_ARRAYS, LOGITS_DTYPES, Encoding, decode_full, encode
 
 GROUP = "labels.zarr"
-LOGITS_DTYPES = ("float16", "bfloat16", "float32")
 CODECS = ("zstd", "lz4", "gzip", "none")
 # Target compressed chunk size at ImageNet scale (issue: ~1-8 MB per chunk).
 TARGET_CHUNK_BYTES = 4 << 20
@@ -37,6 +37,9 @@ SCHEMA: dict[str, tuple[str, Any, tuple[str, ...]]] = {
     "mix_box": ("int32", lambda b, c: (4,), ("row", "box")),
     "logits": ("float16", lambda b, c: (b, c), ("row", "slot", "class")),
 }
+# The augmentation (and sampler) arrays every store holds; the label arrays follow the
+# store's encoding (`storage.encoding`: full logits or top-k, exactly one of them).
+AUGMENT_SCHEMA = {k: v for k, v in SCHEMA.items() if k != "logits"}
 # The seven components `report storage` breaks down (the paper's six + sampler order).
 COMPONENTS: dict[str, tuple[str, ...]] = {
     "crop coords": ("crop",),
@@ -44,7 +47,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "cutmix indices": ("mix_index",),
     "cutmix strength": ("mix_lambda",),
     "cutmix box": ("mix_box",),
-    "logits": ("logits",),
+    "logits": LABEL_ARRAYS,
     "sampler order": ("image_index", "batch_id"),
 }
 
@@ -60,17 +63,35 @@ class LabelRows:
     mix_index: np.ndarray
     mix_lambda: np.ndarray
     mix_box: np.ndarray
-    logits: np.ndarray
+    # the label arrays: those of the store's encoding are set, the others are None
+    logits: np.ndarray | None = None
+    logits_scale: np.ndarray | None = None
+    topk_values: np.ndarray | None = None
+    topk_index: np.ndarray | None = None
+    topk_fill: np.ndarray | None = None
+    topk_scale: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.batch_id)
 
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """The label arrays present (what `storage.encoding` decodes)."""
+        return {name: getattr(self, name) for name in LABEL_ARRAYS
+                if getattr(self, name) is not None}
+
+    def with_labels(self, labels: dict[str, np.ndarray]) -> LabelRows:
+        """The same augmentations with other label arrays (a re-encoding)."""
+        return LabelRows(**{name: getattr(self, name) for name in AUGMENT_SCHEMA}, **labels)
+
     def take(self, index: np.ndarray | slice) -> LabelRows:
-        return LabelRows(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return LabelRows(**{f.name: None if getattr(self, f.name) is None
+                            else getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
     def concat(blocks: list[LabelRows]) -> LabelRows:
-        return LabelRows(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks])
+        return LabelRows(**{f.name: None if getattr(blocks[0], f.name) is None
+                            else np.concatenate([getattr(b, f.name) for b in blocks])
                             for f in fields(LabelRows)})
 
 
@@ -85,34 +106,39 @@ def compressor(codec: str) -> zarr.codecs.BloscCodec | zarr.codecs.GzipCodec | N
     raise ConfigError(f"unknown --codec {codec!r}", f"choose one of: {', '.join(CODECS)}")
 
 
-def rows_per_chunk_for(batch_size: int, num_classes: int, logits_dtype: str) -> int:
-    """Whole batches per chunk, for ~4 MB of logits per chunk (capped for small stores)."""
-    row_bytes = batch_size * num_classes * np.dtype(_numpy_dtype(logits_dtype)).itemsize
+def rows_per_chunk_for(batch_size: int, num_classes: int,
+                       logits_dtype: str | Encoding = "float16") -> int:
+    """Whole batches per chunk, for ~4 MB of labels per chunk (capped for small stores)."""
+    enc = logits_dtype if isinstance(logits_dtype, Encoding) else _full(logits_dtype)
+    row_bytes = enc.row_bytes(batch_size, num_classes)
     return int(max(1, min(MAX_ROWS_PER_CHUNK, TARGET_CHUNK_BYTES // row_bytes)))
 
 
-def _numpy_dtype(logits_dtype: str) -> str:
-    """The stored dtype of `logits`. zarr-python 3.1 has no bfloat16 data type, so bfloat16
-    logits are stored as their raw bits in uint16 (group attribute logits_dtype says so)."""
+def _full(logits_dtype: str) -> Encoding:
     if logits_dtype not in LOGITS_DTYPES:
         raise ConfigError(f"unknown --logits-dtype {logits_dtype!r}",
                           f"choose one of: {', '.join(LOGITS_DTYPES)}")
-    return "uint16" if logits_dtype == "bfloat16" else logits_dtype
+    return Encoding(logits_dtype=logits_dtype)
 
 
 def encode_logits(logits: torch.Tensor, logits_dtype: str) -> np.ndarray:
-    """Teacher logits (any float tensor) to the stored array: cast, then raw bits for bf16."""
-    if logits_dtype == "bfloat16":
-        return logits.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
-    return logits.detach().to(getattr(torch, _numpy_dtype(logits_dtype))).cpu().numpy()
+    """Teacher logits to a float `logits` array (bf16 as raw uint16 bits: zarr-python 3.1
+    has no bfloat16 type; group attribute logits_dtype says so)."""
+    return encode(logits, _full(logits_dtype))["logits"]
 
 
 def decode_logits(stored: np.ndarray, logits_dtype: str) -> torch.Tensor:
-    """Stored logits back to a float32 tensor."""
-    if logits_dtype == "bfloat16":
-        bits = torch.from_numpy(np.ascontiguousarray(stored).view(np.int16))
-        return bits.view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(stored)).float()
+    """A stored float `logits` array back to a float32 tensor."""
+    return decode_full({"logits": stored}, _full(logits_dtype), int(stored.shape[-1]))
+
+
+def store_schema(encoding: Encoding, batch: int, classes: int
+                 ) -> dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]]:
+    """Every array of a store with this encoding: name -> (dtype, trailing shape, dims)."""
+    out = {name: (dtype, tuple(trailing(batch, classes)), dims)
+           for name, (dtype, trailing, dims) in AUGMENT_SCHEMA.items()}
+    out.update(encoding.schema(batch, classes))
+    return out
 
 
 class LabelStore:
@@ -121,30 +147,35 @@ class LabelStore:
     def __init__(self, path: Path, group: zarr.Group, artifact_id: str = "?") -> None:
         self.path = Path(path)
         self.group = group
-        self.arrays = {name: group[name] for name in SCHEMA}
+        self.encoding = Encoding.from_attributes(dict(group.attrs))
+        self.arrays = {name: group[name] for name in store_schema(
+            self.encoding, int(group.attrs["batch_size"]), int(group.attrs["num_classes"]))}
         self.artifact_id = artifact_id
 
     # ------------------------------------------------------------------ create
     @classmethod
     def create(cls, folder: Path, rows: int, batch_size: int, num_classes: int, *,
                logits_dtype: str = "float16", codec: str = "zstd",
-               rows_per_chunk: int | None = None, attributes: dict[str, Any] | None = None
-               ) -> LabelStore:
-        """Preallocate every array of DESIGN §5 in `folder/labels.zarr`."""
+               rows_per_chunk: int | None = None, attributes: dict[str, Any] | None = None,
+               encoding: Encoding | None = None) -> LabelStore:
+        """Preallocate every array of DESIGN §5 in `folder/labels.zarr`.
+
+        `encoding` (default: full logits in `logits_dtype`) decides the label arrays.
+        """
         if rows < 1:
             raise ConfigError("a label store needs at least one row")
-        chunk = rows_per_chunk or rows_per_chunk_for(batch_size, num_classes, logits_dtype)
-        attrs = {"num_classes": num_classes, "batch_size": batch_size, "rows": rows,
-                 "rows_per_chunk": chunk, "logits_dtype": logits_dtype, "codec": codec,
-                 **(attributes or {})}
+        enc = encoding or _full(logits_dtype)
+        enc.validate(num_classes)
+        chunk = rows_per_chunk or rows_per_chunk_for(batch_size, num_classes, enc)
+        attrs = {**(attributes or {}), "num_classes": num_classes, "batch_size": batch_size,
+                 "rows": rows, "rows_per_chunk": chunk, "codec": codec, **enc.attributes()}
         group = zarr.open_group(str(Path(folder) / GROUP), mode="w", zarr_format=3,
                                 attributes=attrs)
         comp = compressor(codec)
-        for name, (dtype, trailing, dims) in SCHEMA.items():
-            shape = (rows, *trailing(batch_size, num_classes))
+        for name, (dtype, trailing, dims) in store_schema(enc, batch_size, num_classes).items():
+            shape = (rows, *trailing)
             group.create_array(
-                name, shape=shape, chunks=(chunk, *shape[1:]),
-                dtype=_numpy_dtype(logits_dtype) if name == "logits" else dtype,
+                name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype,
                 compressors=[comp] if comp is not None else None,
                 fill_value=-1 if name in ("batch_id", "image_index") else 0,
                 dimension_names=dims)
@@ -164,16 +195,23 @@ class LabelStore:
             raise ArtifactCorruptedError(artifact_id, f"{GROUP}/zarr.json") from None
         attrs = dict(group.attrs)
         rows, b, c = attrs.get("rows"), attrs.get("batch_size"), attrs.get("num_classes")
-        for name, (dtype, trailing, _dims) in SCHEMA.items():
+        try:
+            encoding = Encoding.from_attributes(attrs)
+            encoding.validate(c)
+        except (ConfigError, TypeError, ValueError):
+            raise ArtifactCorruptedError(artifact_id, f"{GROUP}/zarr.json") from None
+        schema = store_schema(encoding, b, c)
+        for name, (dtype, trailing, _dims) in schema.items():
             try:
                 array = group[name]
             except KeyError:
                 raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{name}") from None
-            want = (rows, *trailing(b, c))
-            want_dtype = (_numpy_dtype(attrs.get("logits_dtype", dtype)) if name == "logits"
-                          else dtype)
-            if tuple(array.shape) != want or str(array.dtype) != want_dtype:
+            if tuple(array.shape) != (rows, *trailing) or str(array.dtype) != dtype:
                 raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{name}")
+        # exactly one label family: no array of another encoding may sit beside it
+        stray = [n for n in LABEL_ARRAYS if n not in schema and n in group]
+        if stray:
+            raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{stray[0]}")
         return cls(path, group, artifact_id)
 
     # ------------------------------------------------------------- properties
@@ -204,13 +242,13 @@ class LabelStore:
         stop = start + len(block)
         if start % chunk or (stop % chunk and stop != self.rows):
             raise ValueError(f"rows {start}:{stop} are not chunk-aligned (chunk {chunk})")
-        for name in SCHEMA:
-            self.arrays[name][start:stop] = getattr(block, name)
+        for name, array in self.arrays.items():
+            array[start:stop] = getattr(block, name)
 
     def read(self, start: int, stop: int) -> LabelRows:
         """Rows [start, stop); a chunk that does not decode is reported as corruption."""
         block = {}
-        for name in SCHEMA:
+        for name in self.arrays:
             try:
                 block[name] = self.arrays[name][start:stop]
             except Exception:  # codec or shape errors from a damaged chunk file

@@ -34,7 +34,15 @@ def command(
         help="Relabel batch size (with --plan) [default: the dataset preset's].",
         show_default=False)] = None,
     logits_dtype: Annotated[str, typer.Option(
-        help="float16 | bfloat16 | float32 (with --plan).")] = "float16",
+        help="float16 | bfloat16 | float32 | q8 | q4 (with --plan).")] = "float16",
+    topk: Annotated[int | None, typer.Option(
+        help="Top-k labels: K fp16 values + K indices per slot (with --plan).",
+        show_default=False)] = None,
+    topk_fill: Annotated[str, typer.Option(
+        help="none | min | lme: one fp16 fill per slot unless none (with --plan, --topk).")
+    ] = "none",
+    ratio: Annotated[str, typer.Option(
+        help="Pruning ratio Nx: keep ⌊rows / N⌋ stored batches (with --plan).")] = "1x",
     classes: Annotated[int | None, typer.Option(
         help="Number of classes (with --plan; known for the built-in datasets).",
         show_default=False)] = None,
@@ -48,9 +56,12 @@ def command(
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
                               "imagenet-1k --ipc 50")
+        from lpld_cli.prune import parse_ratio
+
         rows = [plan_row(plan, ipc, epochs=epochs, batch_size=batch_size,
                          logits_dtype=logits_dtype, num_classes=classes,
-                         image_bytes_per_image=image_bytes)]
+                         image_bytes_per_image=image_bytes, topk=topk, topk_fill=topk_fill,
+                         ratio=parse_ratio(ratio))]
     else:
         rows = storage_report(common.store, from_ or None)
     emit({"report": "storage", "rows": rows}, common.json, human(rows))
@@ -78,8 +89,10 @@ def human(rows: list[dict[str, Any]]) -> str:
                        f"({gb(row['logical_bytes'])} GB pixels)")
             continue
         name = ("plan" if row["kind"] == "plan" else f"labels {row['artifact'][:12]}")
-        out.append(f"{name}  {row['dataset']} ipc {row['ipc']}: {row['rows']} rows of "
-                   f"{row['batch_size']} x {row['num_classes']} {row['logits_dtype']} logits")
+        ratio = f", {row['ratio']:g}x" if row.get("ratio") not in (None, 1, 1.0) else ""
+        out.append(f"{name}  {row['dataset']} ipc {row['ipc']}{ratio}: {row['rows']} rows of "
+                   f"{row['batch_size']} x {row['num_classes']} classes, "
+                   f"{row.get('encoding', row['logits_dtype'])} labels")
         disk_head = "disk GB (uncompressed)" if row["kind"] == "plan" else "disk GB"
         out.append(f"  {'component':<16} {'logical GB':>12} {disk_head:>24}")
         for component in COMPONENTS:
@@ -94,6 +107,8 @@ def human(rows: list[dict[str, Any]]) -> str:
         out.append(f"  images {gb(row['image_bytes'])} GB{per}; label-to-image ratio "
                    + (f"{ratio:.1f}" if ratio is not None else "-"))
         ts = row["torch_save_bytes"]
+        if ts is None:
+            continue
         out.append(f"  torch.save layout (one file per batch, {row['torch_save_files']} files): "
                    f"{gb(ts)} GB ({ts / max(row['disk_bytes'], 1):.2f}x "
                    + ("the uncompressed Zarr arrays)" if row["kind"] == "plan"
