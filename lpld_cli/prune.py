@@ -36,7 +36,14 @@ import torch
 
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
-from lpld_cli.storage.encoding import Encoding, dense_logits, identity_dict, reencode, tail_mass
+from lpld_cli.storage.encoding import (
+    TOPK_FILLS,
+    Encoding,
+    dense_logits,
+    identity_dict,
+    reencode,
+    tail_mass,
+)
 from lpld_cli.storage.images import image_labels
 from lpld_cli.storage.labels import GROUP, LabelRows, LabelStore
 from lpld_cli.storage.store import Artifact, Staging, Store
@@ -117,6 +124,14 @@ class PruneConfig:
 
     def validate(self) -> None:
         parse_ratio(self.ratio)
+        # the encoding options on their own (against the parent: in `prune`)
+        Encoding(logits_dtype=self.logits_dtype or "float16").validate()
+        if self.topk_fill not in (None, *TOPK_FILLS):
+            raise ConfigError(f"unknown --topk-fill {self.topk_fill!r}",
+                              f"choose one of: {', '.join(TOPK_FILLS)}")
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"--topk must be at least 1 (got {self.topk})",
+                              "keep K ≥ 1 logits per slot")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"unknown --granularity {self.granularity!r}",
                               f"choose one of: {', '.join(GRANULARITIES)}")
