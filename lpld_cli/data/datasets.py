@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lpld_cli.data import fashion_pairs
 from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.device import loader_workers
 from lpld_cli.errors import ConfigError, DataFormatError, DataNotFoundError
 
 DATASETS = ("fashion-mnist", "mnist", "imagefolder", "tiny-imagenet", "imagenet-1k",
-            "imagenet-21k-p")
+            "imagenet-21k-p", "fashion-mnist-pairs")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -321,4 +322,11 @@ def load_dataset(name: str, data: str | None = None) -> RealData:
         raise ConfigError(f"unknown dataset {name!r}", f"choose one of: {', '.join(DATASETS)}")
     if name in ("fashion-mnist", "mnist"):
         return _load_idx_dataset(name, data)
+    if name == fashion_pairs.NAME:
+        base = _load_idx_dataset("fashion-mnist", data)
+        train_x, train_y = fashion_pairs.make_pairs(base.train_images, base.train_labels, "train")
+        test_x, test_y = fashion_pairs.make_pairs(base.test_images, base.test_labels, "test")
+        return RealData(name, get_preset(name), fashion_pairs.class_names(base.class_names),
+                        train_images=train_x, train_labels=train_y, test_images=test_x,
+                        test_labels=test_y)
     return _load_folder_dataset(name, data)

@@ -29,7 +29,7 @@ from lpld_cli.storage.store import Artifact, Store
 
 # Classes of each dataset, for --plan (a plan reads no data).
 PLAN_CLASSES = {"fashion-mnist": 10, "mnist": 10, "tiny-imagenet": 200, "imagenet-1k": 1000,
-                "imagenet-21k-p": 10450}
+                "imagenet-21k-p": 10450, "fashion-mnist-pairs": 100}
 # A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
 FS_BLOCK = 4096
 # The logits dtypes the authors' torch.save layout can hold (one logit per class).
