@@ -25,7 +25,6 @@ the U candidates by `confidence`; the metric then picks from what is left.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli import stage_module
+from lpld_cli.checks import parse_ratio
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import (
@@ -70,22 +71,6 @@ METRIC_HELP = {
 # Attributes that LabelStore.create sets itself: never copied from the parent.
 _LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "logits_dtype", "codec",
                  "topk", "topk_fill", "fill_temperature", "values_dtype")
-_RATIO = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*[xX]?\s*$")
-
-
-def parse_ratio(text: str | float) -> float:
-    """`40x`, `40`, `2.5x` -> 40.0, 40.0, 2.5; anything below 1 or not a number: ConfigError."""
-    hint = "give the reduction factor N ≥ 1, e.g. --ratio 40x (keep 1/40 of the rows) or 2.5x"
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        match = _RATIO.match(text)
-        if match is None:
-            raise ConfigError(f"--ratio {text!r} is not a number like 40x, 40 or 2.5x", hint)
-        value = float(match.group(1))
-    if not math.isfinite(value) or value < 1:
-        raise ConfigError(f"--ratio must be at least 1x (got {text!r})", hint)
-    return value
 
 
 @dataclass(frozen=True)
@@ -515,3 +500,6 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
 
     return store.produce("labels", config.to_dict(), [parent.id], build, force=force,
                          selectors=selectors)
+
+
+stage_module(__name__)  # `lpld_cli.prune(...)` calls prune() above

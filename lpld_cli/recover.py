@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from lpld_cli import stage_module
 from lpld_cli.data.augment import CROP_SCALE, resized_crop, sample_crop_boxes
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.data.presets import Preset, get_preset
@@ -421,3 +422,6 @@ class _Ticker:
         if self.pending:
             self.task.advance(self.pending, loss=self.loss)
             self.pending = 0.0
+
+
+stage_module(__name__)  # `lpld_cli.recover(...)` calls recover() above

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpld_cli import stage_module
 from lpld_cli.data import augment
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.teacher import load_teacher, teacher_logits
@@ -308,3 +309,6 @@ class _ChunkWriter:
         """Stop after the chunks already queued (they are complete), then return."""
         self.queue.put(None)
         self.thread.join()
+
+
+stage_module(__name__)  # `lpld_cli.relabel(...)` calls relabel() above

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lpld_cli import stage_module
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError
@@ -147,3 +148,6 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
                      f"{correct / count:.4f} ({time.perf_counter() - start:.0f}s)")
     task.close()
     return seen
+
+
+stage_module(__name__)  # `lpld_cli.squeeze(...)` calls squeeze() above

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
+from lpld_cli import stage_module
 from lpld_cli.data.augment import MIXES, Row, epoch_rows, normalise, replay
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.data.label_pool import LabelPool, Prefetcher
@@ -46,6 +46,7 @@ from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import SoftTarget, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Staging, Store
+from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
 LOSSES = ("kl", "mse-gt")
@@ -372,8 +373,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
 
     scores = evaluate(model, data, device)
     history[-1].update(scores)
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state_dict, str(staging.path / "weights.safetensors"))
+    save_weights(staging.path / "weights.safetensors", model)
     (staging.path / "model.json").write_text(json.dumps(spec, indent=2))
     (staging.path / "metrics.jsonl").write_text(
         "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
@@ -486,3 +486,6 @@ def image_teacher(store: Store, images: Artifact) -> Artifact:
             return store.get(ref, kind="teacher")
     raise ArtifactNotFoundError(f"the teacher of images {images.short} is not in store "
                                 f"{store.root}", "make one with `lpld squeeze`")
+
+
+stage_module(__name__)  # `lpld_cli.train(...)` calls train() above

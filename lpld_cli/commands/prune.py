@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
@@ -16,7 +17,6 @@ from lpld_cli.prune import (
     SELECTIONS,
     PruneConfig,
     parent_attrs,
-    parse_ratio,
     prune,
 )
 

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.label_pool import LabelPool
 from lpld_cli.data.presets import get_preset
-from lpld_cli.prune import parse_ratio
 from lpld_cli.train import (
     TrainConfig,
     image_teacher,

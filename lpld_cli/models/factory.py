@@ -122,9 +122,9 @@ def load_weights(model: nn.Module, file: str | Path) -> None:
         raise ConfigError(f"--weights {path} does not exist", "pass a local weights file")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from lpld_cli.storage.weights import load_tensors
 
-            state = load_file(str(path))
+            state = load_tensors(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             for key in ("state_dict", "model", "model_state_dict"):

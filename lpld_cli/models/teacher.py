@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lpld_cli.data.augment import Row, replay
@@ -24,6 +23,7 @@ from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import ClassStats, bn_layers
 from lpld_cli.models.factory import build_model
 from lpld_cli.storage.store import Artifact
+from lpld_cli.storage.weights import load_tensors, save_tensors, save_weights
 
 
 @dataclass
@@ -43,17 +43,16 @@ class Teacher:
 
 def save_teacher(folder: Path, model: nn.Module, spec: dict[str, Any], data: dict[str, Any],
                  class_stats: dict[str, ClassStats]) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors"))
+    save_weights(folder / "weights.safetensors", model)
     tensors: dict[str, torch.Tensor] = {}
     for name, bn in bn_layers(model).items():
         stats = class_stats[name]
-        tensors[f"{name}.mean"] = stats.mean.contiguous()
-        tensors[f"{name}.var"] = stats.var.contiguous()
-        tensors[f"{name}.count"] = stats.count.contiguous()
-        tensors[f"{name}.global_mean"] = bn.running_mean.detach().cpu().clone()
-        tensors[f"{name}.global_var"] = bn.running_var.detach().cpu().clone()
-    save_file(tensors, str(folder / "bn_stats.safetensors"))
+        tensors[f"{name}.mean"] = stats.mean
+        tensors[f"{name}.var"] = stats.var
+        tensors[f"{name}.count"] = stats.count
+        tensors[f"{name}.global_mean"] = bn.running_mean
+        tensors[f"{name}.global_var"] = bn.running_var
+    save_tensors(folder / "bn_stats.safetensors", tensors)
     (folder / "model.json").write_text(json.dumps(spec, indent=2))
     (folder / "data.json").write_text(json.dumps(data, indent=2))
 
@@ -65,11 +64,11 @@ def load_teacher(artifact: Artifact, device: torch.device | str = "cpu") -> Teac
     spec = json.loads(artifact.file("model.json").read_text())
     data = json.loads(artifact.file("data.json").read_text())
     model = build_model(spec)
-    model.load_state_dict(load_file(str(artifact.file("weights.safetensors"))))
+    model.load_state_dict(load_tensors(artifact.file("weights.safetensors")))
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tensors = load_file(str(artifact.file("bn_stats.safetensors")))
+    tensors = load_tensors(artifact.file("bn_stats.safetensors"))
     stats = {}
     for name in bn_layers(model):
         if f"{name}.mean" in tensors:

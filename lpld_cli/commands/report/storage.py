@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
@@ -56,8 +57,6 @@ def command(
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
                               "imagenet-1k --ipc 50")
-        from lpld_cli.prune import parse_ratio
-
         rows = [plan_row(plan, ipc, epochs=epochs, batch_size=batch_size,
                          logits_dtype=logits_dtype, num_classes=classes,
                          image_bytes_per_image=image_bytes, topk=topk, topk_fill=topk_fill,
