@@ -385,6 +385,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             "label_rows_used": len(used_rows),
             "label_pool_bytes": _disk_bytes(labels) if pool is not None else 0,
             "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
+            "student_temperature_last": history[-1].get("student_temperature"),
             "train_seconds": round(step_seconds, 3)}
 
 
