@@ -428,8 +428,8 @@ def render_frontier(res: dict[str, Any]) -> str:
         st = d["settings"]
         teacher = d.get("teacher_top1")
         out += [f"### {d['dataset']} ({d['classes']} classes, IPC{d['ipc']})", "",
-                f"Teacher top-1 {100 * teacher:.1f}%; " if teacher is not None else "",
-                f"recover {st['recover_iterations']} iterations, relabel "
+                (f"Teacher top-1 {100 * teacher:.1f}%; " if teacher is not None else "")
+                + f"recover {st['recover_iterations']} iterations, relabel "
                 f"{st['relabel_epochs']} epochs, students ConvNet w{st['student_width']} "
                 f"for {st['train_epochs']} epochs (scaled down from the paper's 300).", ""]
         table = []

@@ -89,6 +89,15 @@ class TrainConfig:
     student_temperature: str = "same"
     hard_epochs: int = 0
 
+    def __post_init__(self) -> None:
+        # one spelling per number ("1", "1.0", "1e0" name the same student)
+        if self.student_temperature not in ("same", "auto"):
+            try:
+                object.__setattr__(self, "student_temperature",
+                                   repr(float(self.student_temperature)))
+            except ValueError:
+                pass  # validate() reports it
+
     def identity(self) -> dict[str, Any]:
         """The canonical config; options still at their defaults are left out, so students
         made before they existed keep their ids."""
