@@ -442,9 +442,13 @@ def render_frontier(res: dict[str, Any]) -> str:
                           fmt_bytes(r["logits_bytes"]), fmt_bytes(r["total_bytes"]),
                           "-" if tail is None else f"{100 * tail:.1f}% / "
                           f"{100 * r['tail_mass_tmin']:.1f}%",
-                          fmt_pct(r["top1"]), delta("logits_bytes"), delta("total_bytes")])
+                          fmt_pct(r["top1"]), r["top1"]["n"], delta("logits_bytes"),
+                          delta("total_bytes")])
         out += [_table(["point", "encoding", "T schedule", "rows", "logits", "total",
-                        "top-k tail T₀/T_min", "top-1 %", "Δ logits", "Δ total"], table), ""]
+                        "top-k tail T₀/T_min", "top-1 %", "seeds", "Δ logits", "Δ total"],
+                       table), ""]
+        if d.get("missing"):
+            out += [f"Not run (time ran out): {', '.join(d['missing'])}.", ""]
     out += ["Findings:", ""] + [f"- {f}" for f in res["findings"]]
     if res.get("figure"):
         out += ["", f"![frontier]({res['figure']})"]

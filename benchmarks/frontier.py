@@ -144,8 +144,14 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
     from lpld_cli.reports.storage import label_row
 
     rows = []
+    missing = []
     for i, point in enumerate(p.points):
-        runs = [runner.results[("train", p.name, i, s)] for s in seeds]
+        runs = [runner.results[k] for s in seeds if (k := ("train", p.name, i, s))
+                in runner.results]
+        missing += [f"{point['label']} seed {s}" for s in seeds
+                    if ("train", p.name, i, s) not in runner.results]
+        if not runs:
+            continue
         first = store.get(pruned[(p.name, i, seeds[0])], kind="labels")
         lr = label_row(store, first)
         prune_m = runner.results[("prune", p.name, i, seeds[0])]["metrics"]
@@ -169,6 +175,7 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
             ref = interpolate(curve, r[axis])
             r[f"vs_lpld_{axis}"] = None if ref is None else r["top1"]["mean"] - ref
     return {"dataset": p.name, "classes": p.classes, "ipc": p.ipc, "rows": rows,
+            "missing": missing,
             "teacher_top1": runner.results.get(("teacher", p.name), {}).get("top1"),
             "settings": {"recover_iterations": p.recover_iterations,
                          "relabel_epochs": p.relabel_epochs, "train_epochs": p.train_epochs,
@@ -242,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (quick: 1)")
     parser.add_argument("--datasets", default="fashion-mnist,fashion-mnist-pairs")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: summarise the students already in the store "
+                             "(a run cut short; the JSON lists what is missing)")
     args = parser.parse_args(argv)
 
     from lpld_cli.device import resolve_device
@@ -280,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
             lambda k, r: f"{r['metrics']['rows']} rows {r['metrics'].get('encoding')}")
         pruned = {(p.name, i, s): runner.results[("prune", p.name, i, s)]["id"]
                   for i in range(len(p.points)) for s in seeds}
-        runner.phase(f"train {p.name}", {
-            ("train", p.name, i, s): {"stage": "train", "images": images,
-                                      "labels": pruned[(p.name, i, s)],
-                                      "config": _train_config(p, point, s)}
-            for i, point in enumerate(p.points) for s in seeds},
-            lambda k, r: f"top-1 {r['metrics']['top1']:.4f}")
+        # seed-major: a run cut short has every point for its first seeds
+        tasks = {("train", p.name, i, s): {"stage": "train", "images": images,
+                                           "labels": pruned[(p.name, i, s)],
+                                           "config": _train_config(p, point, s)}
+                 for s in seeds for i, point in enumerate(p.points)}
+        if args.only_finished:
+            from lpld_cli.train import TrainConfig
+
+            tasks = {k: t for k, t in tasks.items() if store.cached(
+                "student", TrainConfig(**t["config"]).identity(),
+                [t["images"], t["labels"]]) is not None}
+        runner.phase(f"train {p.name}", tasks, lambda k, r: f"top-1 {r['metrics']['top1']:.4f}")
         sets.append(summarise(p, runner, pruned, seeds, store))
 
     info = device_info(device)
