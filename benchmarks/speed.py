@@ -8,7 +8,9 @@
   of step time spent waiting for labels;
 - storage: label bytes on disk (Zarr) vs the authors' per-batch torch.save layout;
 - memory: peak RSS of relabel and train at E = 300 vs E = 30 (each in a subprocess,
-  read with getrusage(RUSAGE_CHILDREN) by a wrapper process).
+  read with getrusage(RUSAGE_CHILDREN) by a wrapper process);
+- dist (CPU): recover images/s with 2 processes vs 1 (gloo ranks launched as torchrun
+  would, one torch thread each; the same command and artifact, `--force`).
 
 Writes `results/speed-<device>.json` (`speed-<device>-quick.json` with --quick) and
 regenerates RESULTS.md. Timing runs use a scratch store (forced recomputation) beside
@@ -77,6 +79,19 @@ def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
         out["note"] = (f"target ≥ {target:g}×: {'met' if ratio >= target else 'MISSED'}"
                        + (f"; {note}" if note else ""))
     return out
+
+
+def ranks_metrics(n: int, argv: list[str]) -> dict[str, Any]:
+    """Run `lpld argv --json` on n local ranks (one torch thread each); rank 0's metrics."""
+    from lpld_cli.dist import launch_local
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = launch_local([[*argv, "--json"]] * n, env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    outs = [p.communicate() for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"{n}-rank run failed: {[err[-2000:] for _, err in outs]}")
+    return json.loads(outs[0][0])["metrics"]
 
 
 def synchronize(device: Any) -> None:
@@ -270,6 +285,22 @@ def main(argv: list[str] | None = None) -> int:
             figures[f"rss_{stage}"] = figure(
                 f"{stage} peak RSS (IPC{ipc}, subprocess)", "E = 300", rss[stage][300],
                 "E = 30", rss[stage][30], "MB", note="flat memory: ratio ≈ 1")
+        # -- dist: the same recover on 2 gloo ranks vs 1 process, one thread each
+        if device.type == "cpu":
+            argv = ["recover", "--ipc", str(ipc), "--iterations", str(rec_iters),
+                    "--classes-per-step", "1", "--seed", "2", "--from", images.parents[0],
+                    "--device", "cpu", "--force", "--store", str(scratch.root)]
+            rates = {}
+            for n in (1, 2):
+                m = ranks_metrics(n, argv)
+                rates[n] = m["images"] / (m["seconds_per_class"] * m["classes"])
+                log(f"recover on {n} process(es): {rates[n]:.2f} images/s")
+            figures["dist_recover"] = figure(
+                f"recover images/s (IPC{ipc}, {rec_iters} iterations, one class per step), "
+                "gloo ranks of one thread", "2 processes", rates[2], "1 process", rates[1],
+                "images/s", target=1.7,
+                note=f"{os.cpu_count()} cores shared with other work while measured "
+                     f"(load average {os.getloadavg()[0]:.1f} at the end)")
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
 

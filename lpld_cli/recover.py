@@ -26,6 +26,11 @@ stream: the result equals one unit per step (the authors' loop), only faster.
 
 Work is saved class by class (atomic class folders in the resumable staging
 folder): an interrupted run resumes at the next unfinished class.
+
+Under torchrun the jobs (the classes finished together, DESIGN §7 "step groups") are
+dealt to the ranks, job j to rank j mod N; each rank saves its own classes. A unit's
+result depends only on (seed, unit), so with an explicit `--classes-per-step` the PNG
+bytes are the same for any world size, and a run resumes with any world size.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from lpld_cli import stage_module
+from lpld_cli import dist, stage_module
 from lpld_cli.data.augment import CROP_SCALE, resized_crop, sample_crop_boxes
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.data.presets import Preset, get_preset
@@ -335,11 +340,17 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
     def build(staging) -> dict:
         start = time.perf_counter()
         num_classes = net.num_classes
-        done = done_classes(staging.path)
+        w = dist.world()
+        # rank 0 reads what is done before any rank writes, so every rank plans alike
+        done = dist.broadcast(done_classes(staging.path) if w.main else None, w)
         if config.method == "real":
-            computed = _save_real(config, staging.path, data_root, num_classes, done)
+            computed = (_save_real(config, staging.path, data_root, num_classes, done)
+                        if w.main else 0)
         else:
-            computed = _save_synthetic(net, config, staging.path, device, done, reporter)
+            computed = _save_synthetic(net, config, staging.path, device, done, reporter, w)
+        dist.barrier(w)  # every rank's classes are on disk
+        if not w.main:
+            return {}
         write_class_names(staging.path, net.data["class_names"])
         seconds = time.perf_counter() - start
         top1 = self_top1(net, staging.path, device)
@@ -367,12 +378,13 @@ def _save_real(config: RecoverConfig, folder, data_root: str | None, num_classes
 
 
 def _save_synthetic(net: Teacher, config: RecoverConfig, folder, device: torch.device,
-                    done: set[int], reporter: Reporter) -> int:
-    """Optimise every unfinished class; save each class as soon as its images are final."""
+                    done: set[int], reporter: Reporter, w: dist.World = dist.SINGLE) -> int:
+    """Optimise every unfinished class (this rank's jobs); save each as soon as it is final."""
     num_classes, ipc, size = net.num_classes, config.ipc, net.data["image_size"]
     mean, std = net.data["mean"], net.data["std"]
     todo = [c for c in range(num_classes) if c not in done]
-    task = reporter.task("recover classes", num_classes)
+    task = reporter.task("recover classes" + (f" (rank 0 of {w.size})" if w.distributed else ""),
+                         num_classes)
     task.advance(len(done))
     # A job: classes finished together, and the steps (lists of units) that make them.
     jobs: list[tuple[list[int], list[list[Unit]]]] = []
@@ -389,7 +401,7 @@ def _save_synthetic(net: Teacher, config: RecoverConfig, folder, device: torch.d
             units = [mixed_unit(net, group, k, config.bn_target) for k in range(ipc)]
             jobs.append((group, _chunks(units, per_step)))
 
-    for classes, steps in jobs:
+    for classes, steps in dist.shard(jobs, w):
         units_total = sum(len(step) for step in steps)
         outputs = []
         for step in steps:

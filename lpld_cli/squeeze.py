@@ -1,16 +1,26 @@
-"""Squeeze: train (or load) the teacher, evaluate it, compute class-wise BN statistics."""
+"""Squeeze: train (or load) the teacher, evaluate it, compute class-wise BN statistics.
+
+Every random draw is keyed by the seed: the network's initialisation, each epoch's
+batch order and each batch's augmentation (`RealData.batches`), so the same command
+gives the same teacher bytes on one machine. Under torchrun the teacher trains with
+DistributedDataParallel, each rank taking its slice of every batch (the world size is
+then part of the identity: BatchNorm sees per-rank batches); the `exact` class-wise
+statistics are the same bits for any world size (models/bn_stats.py), `ema` runs on
+rank 0 alone (one ordered pass).
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lpld_cli import stage_module
+from lpld_cli import dist, stage_module
 from lpld_cli.data.datasets import RealData, load_dataset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError
@@ -47,6 +57,8 @@ class SqueezeConfig:
     # only this many (seeded, random) training images: quick first tries and tests
     train_subset: int | None = None
     seed: int = 0
+    # ranks the teacher trained on (DDP splits every batch; BatchNorm sees each slice)
+    world_size: int = 1
 
     def validate(self) -> None:
         if self.teacher_epochs < 1 and self.weights_sha256 is None:
@@ -58,6 +70,16 @@ class SqueezeConfig:
             raise ConfigError(f"--train-subset must be at least 1 (got {self.train_subset})")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.weights_sha256 is None and self.batch_size < self.world_size:
+            raise ConfigError(f"--batch-size {self.batch_size} is smaller than the "
+                              f"{self.world_size} ranks that split each batch")
+
+    def identity(self) -> dict:
+        """The config that names the teacher: the world size only where it changes it."""
+        out = asdict(self)
+        if self.world_size == 1 or self.weights_sha256 is not None:
+            out.pop("world_size")  # one process, or given weights: exact stats, any N
+        return out
 
 
 def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None,
@@ -65,18 +87,21 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
             force: bool = False, reporter: Reporter = SILENT) -> Artifact:
     """Make (or find) the teacher artifact for `config`."""
     device = device or torch.device("cpu")
+    w = dist.world()
     if weights is not None:
         if not Path(weights).is_file():
             raise ConfigError(f"--weights {weights} does not exist", "pass a local weights file")
-        config = SqueezeConfig(**{**asdict(config), "weights_sha256": sha256_file(Path(weights))})
+        config = replace(config, weights_sha256=sha256_file(Path(weights)))
+    config = replace(config, world_size=1 if weights is not None else w.size)
     config.validate()
-    if not force and (hit := store.cached("teacher", asdict(config), [])) is not None:
+    if not force and (hit := store.cached("teacher", config.identity(), [])) is not None:
         return hit  # same inputs: skip loading data and building the network
     data = load_dataset(config.dataset, data_root)
     if config.train_subset is not None:
         data = data.subset(config.train_subset, config.seed)
     spec = model_spec(config.model, data.num_classes, data.preset.channels,
                       data.preset.image_size, config.width, config.depth)
+    seed_everything(config.seed)  # the initialisation is part of what the seed fixes
     model = build_model(spec)
     check_input(model, spec)
     if not bn_layers(model):
@@ -86,24 +111,20 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
         load_weights(model, weights)
 
     def build(staging) -> dict:
-        seed_everything(config.seed)
-        generator = torch.Generator().manual_seed(config.seed)
         model.to(device)
         seen = 0
         if weights is None:
-            seen = _train_teacher(model, data, config, device, generator, reporter)
-        scores = evaluate(model, data, device, reporter=reporter)
+            seen = _train_teacher(model, data, config, device, reporter, w)
+        scores = evaluate(model, data, device, reporter=reporter, world=w)
         reporter.log(f"teacher top-1 {scores['top1']:.4f} on {data.name} test")
-        stats = class_bn_stats(
-            model, data.batches("train", 256, device, augment=True, shuffle=True,
-                                generator=generator),
-            data.num_classes, config.bn_stats, total=data.num_batches("train", 256),
-            reporter=reporter)
+        stats = _class_stats(model, data, config, device, reporter, w)
+        if not w.main:
+            return {}
         save_teacher(staging.path, model, spec, _data_info(data), stats)
         bn_images = int(next(iter(stats.values())).count.sum())
         return {**scores, "images_seen": seen, "bn_images": bn_images}
 
-    return store.produce("teacher", asdict(config), [], build, force=force,
+    return store.produce("teacher", config.identity(), [], build, force=force,
                          selectors={"dataset": config.dataset, "model": config.model,
                                     "bn_stats": config.bn_stats})
 
@@ -114,16 +135,46 @@ def _data_info(data: RealData) -> dict:
             "channels": p.channels, "mean": list(p.mean), "std": list(p.std)}
 
 
+STATS_BATCH = 256  # the class-statistics pass: fixed, so its batches never change
+
+
+def _class_stats(model: nn.Module, data: RealData, config: SqueezeConfig,
+                 device: torch.device, reporter: Reporter, w: dist.World):
+    """The class-wise statistics pass over the seeded, augmented training batches."""
+    if config.bn_stats == "ema" and w.distributed:
+        w_pass = dist.SINGLE  # the EMA is defined by one ordered pass: rank 0 runs it
+        if not w.main:
+            return None
+    else:
+        w_pass = w
+    batches = data.batches("train", STATS_BATCH, device, augment=True, shuffle=True,
+                           seed=config.seed, stream="bn-stats", rank=w_pass.rank,
+                           world=w_pass.size)
+    total = -(-data.num_batches("train", STATS_BATCH) // w_pass.size)
+    return class_bn_stats(model, batches, data.num_classes, config.bn_stats, total=total,
+                          reporter=reporter, world=w_pass)
+
+
 def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
-                   device: torch.device, generator: torch.Generator, reporter: Reporter) -> int:
-    """SGD with Nesterov momentum and a per-step cosine schedule; returns images seen."""
+                   device: torch.device, reporter: Reporter, w: dist.World) -> int:
+    """SGD with Nesterov momentum and a per-step cosine schedule; returns images seen.
+
+    Under N ranks each takes its slice of every batch; each rank's loss is its slice's
+    summed cross-entropy × N / batch, so DDP's averaged gradient is the whole batch's.
+    """
     steps_per_epoch = data.num_batches("train", config.batch_size)
     total = config.teacher_epochs * steps_per_epoch
+    net: nn.Module = model
+    if w.distributed:
+        # harmless for 1-channel inputs (a [C, 1, k, k] grad's strides): not for users
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(decay_groups(model, config.weight_decay),
                                 lr=config.lr, momentum=0.9, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     seen = 0
     model.train()
     task = reporter.task("train teacher", total)
@@ -131,22 +182,30 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
     for epoch in range(config.teacher_epochs):
         correct = 0
         count = 0
-        for x, y in data.batches("train", config.batch_size, device, augment=True,
-                                 shuffle=True, generator=generator):
+        sizes = [len(b) for b in data.batch_plan("train", config.batch_size, False, 0)
+                 if len(b) >= w.size]  # batch sizes (any order); slices skip smaller ones
+        for (x, y), size in zip(data.batches(
+                "train", config.batch_size, device, augment=True, shuffle=True,
+                seed=config.seed, stream="teacher", epoch=epoch, rank=w.rank, world=w.size,
+                slices=True), sizes, strict=True):
             with autocast(device):
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
+                logits = net(x)
+                loss = loss_fn(logits.float(), y) * (w.size / size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            seen += len(y)
+            seen += size
             correct += int((logits.argmax(1) == y).sum())
             count += len(y)
-            task.advance(1, loss=float(loss.detach()), acc=correct / count, epoch=epoch + 1)
+            task.advance(1, loss=float(loss.detach()) / w.size, acc=correct / count,
+                         epoch=epoch + 1)
         reporter.log(f"teacher epoch {epoch + 1}/{config.teacher_epochs}: train acc "
                      f"{correct / count:.4f} ({time.perf_counter() - start:.0f}s)")
     task.close()
+    if w.distributed:  # every rank continues with rank 0's running statistics
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
     return seen
 
 

@@ -80,3 +80,49 @@ def test_pass_leaves_model_untouched() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not model.training
+
+
+def test_exact_is_the_same_bits_in_any_batch_order_and_split() -> None:
+    """Order-independent accumulation: shuffled batches and a 2-way split (summed as
+    all_reduce would) give byte-identical statistics; a float64 oracle agrees."""
+    from lpld_cli.models.bn_stats import _Accumulator
+
+    model, batches = _model_and_batches(seed=3)
+    batches = batches + [(x * 3 + 1, y) for x, y in batches]  # wider range of sums
+    forward = class_bn_stats(model, batches, num_classes=4, mode="exact")
+    shuffled = class_bn_stats(model, [batches[i] for i in (7, 2, 9, 0, 5, 1, 8, 3, 6, 4)],
+                              num_classes=4, mode="exact")
+    # two "ranks": each accumulates its own batches; the integer sums are added
+    accs = []
+    layers = bn_layers(model)
+    for part in (batches[0::2], batches[1::2]):
+        acc = {name: _Accumulator(4, bn.num_features, "exact", torch.device("cpu"))
+               for name, bn in layers.items()}
+        labels: list[torch.Tensor] = []
+        hooks = [bn.register_forward_pre_hook(
+            lambda _m, inp, a=acc[name], seen=labels: a.update(inp[0], seen[-1]))
+            for name, bn in layers.items()]
+        with torch.no_grad():
+            for x, y in part:
+                labels[:] = [y]
+                model(x)
+        for h in hooks:
+            h.remove()
+        accs.append(acc)
+    for name in layers:
+        a, b = accs[0][name], accs[1][name]
+        for t_a, t_b in ((a.images, b.images), (a.elements, b.elements), (a.fixed, b.fixed),
+                         (a.check, b.check)):
+            t_a += t_b
+        split = a.result()
+        for other in (shuffled[name], split):
+            assert forward[name].mean.numpy().tobytes() == other.mean.numpy().tobytes()
+            assert forward[name].var.numpy().tobytes() == other.var.numpy().tobytes()
+            assert torch.equal(forward[name].count, other.count)
+    inputs = _bn_inputs(model, batches)
+    labels = torch.cat([y for _, y in batches])
+    for name, tensors in inputs.items():
+        x = torch.cat(tensors).double()
+        for c in range(4):
+            assert torch.allclose(forward[name].mean[c].double(),
+                                  x[labels == c].mean((0, 2, 3)), atol=1e-5)

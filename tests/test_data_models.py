@@ -45,7 +45,7 @@ def test_idx_roundtrip_and_torchvision_layout(tmp_path: Path) -> None:
     assert torch.equal(data.train_labels, torch.arange(30) % 10)
     assert data.num_classes == 10
     x, y = next(data.batches("train", 8, torch.device("cpu"), augment=True, shuffle=True,
-                             generator=torch.Generator().manual_seed(0)))
+                             seed=0))
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (8,)
 
 

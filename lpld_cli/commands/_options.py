@@ -14,8 +14,10 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from lpld_cli import dist
 from lpld_cli.commands._ui import errors_to_exit
 from lpld_cli.device import resolve_device
+from lpld_cli.errors import ConfigError
 from lpld_cli.storage.store import Artifact, Store
 
 
@@ -29,10 +31,12 @@ class Common:
     json: bool
     force: bool
     started: float
+    # set when joined under torchrun: this rank's device (cuda:<local_rank> or cpu)
+    rank_device: torch.device | None = None
 
     @property
     def device(self) -> torch.device:
-        return resolve_device(self.device_name)
+        return self.rank_device or resolve_device(self.device_name)
 
     def result(self, command: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
         """The result object of DESIGN §2."""
@@ -59,6 +63,11 @@ _COMMON = [
 ]
 
 
+# Commands that run on N ranks under torchrun (DESIGN §7); the others refuse to, rather
+# than have N processes write one staging folder.
+DISTRIBUTED_COMMANDS = ("squeeze", "recover")
+
+
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add --store/--device/--seed/--json/--force; pass them to `func` as a `Common`."""
     own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
@@ -70,7 +79,16 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         common = Common(Store(store), kwargs.pop("device"), kwargs.pop("seed"),
                         kwargs.pop("json"), kwargs.pop("force"), time.perf_counter())
         with errors_to_exit():
-            return func(common, **kwargs)
+            name = func.__module__.rsplit(".", 1)[-1]
+            if dist.launched().distributed and name not in DISTRIBUTED_COMMANDS:
+                raise ConfigError(f"lpld {name} runs as one process in this release",
+                                  "launch it without torchrun; "
+                                  f"{' and '.join(DISTRIBUTED_COMMANDS)} run on N ranks")
+            if dist.launched().distributed:  # torchrun: join before anything collective
+                common.rank_device, _ = dist.join(common.device_name)
+            result = func(common, **kwargs)
+            dist.leave()
+            return result
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + _COMMON
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

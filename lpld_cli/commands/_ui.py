@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from lpld_cli import dist
 from lpld_cli.errors import LpldError
 
 stderr = Console(stderr=True, highlight=False)
@@ -60,6 +61,7 @@ class RichReporter:
     """Progress bars (with ETA) and log lines on stderr."""
 
     def __init__(self, quiet: bool = False) -> None:
+        quiet = quiet or not dist.world().main  # under torchrun only rank 0 reports
         self.quiet = quiet
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -83,11 +85,14 @@ class RichReporter:
 
 
 def info(message: str) -> None:
-    stderr.print(message)
+    if dist.world().main:
+        stderr.print(message)
 
 
 def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
     """Exactly one JSON object on stdout with --json; else a human summary on stdout."""
+    if not dist.world().main:
+        return
     if as_json:
         sys.stdout.write(json.dumps(payload, sort_keys=False) + "\n")
     else:
@@ -95,11 +100,28 @@ def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
     sys.stdout.flush()
 
 
+def _fail(message: str, hint: str | None) -> None:
+    w = dist.world()
+    if not w.distributed and not dist.launched().main:
+        # torchrun, before joining: every rank has the same arguments and so the same
+        # error; rank 0 prints it (a moment's wait so torchrun does not stop it first).
+        time.sleep(2)
+        return
+    if w.distributed:
+        if dist.peer_error() is not None or not dist.claim_error(f"rank {w.rank}: {message}"):
+            return  # another rank's failure: it printed the one line
+        message = f"rank {w.rank}: {message}"
+    stderr.print(f"Error: {message}", markup=False, soft_wrap=True)
+    if hint:
+        stderr.print(f"Hint: {hint}", markup=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """The one place where lpld's errors become `Error: …` lines and exit codes.
 
-    A traceback is shown only with LPLD_DEBUG=1.
+    A traceback is shown only with LPLD_DEBUG=1. Under torchrun the first failing rank
+    prints the one `Error: rank R: …` line; the others exit non-zero quietly (dist.py).
     """
     debug = os.environ.get("LPLD_DEBUG") == "1"
     try:
@@ -107,10 +129,14 @@ def errors_to_exit() -> Iterator[None]:
     except LpldError as exc:
         if debug:
             raise
-        stderr.print(f"Error: {exc.message}", markup=False, soft_wrap=True)
-        if exc.hint:
-            stderr.print(f"Hint: {exc.hint}", markup=False, soft_wrap=True)
+        _fail(exc.message, exc.hint)
         raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:
+        # Under torchrun a lost peer surfaces as a backend error in a collective.
+        if debug or not dist.world().distributed:
+            raise
+        _fail(f"{type(exc).__name__}: {exc}".splitlines()[0], "set LPLD_DEBUG=1 for the trace")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if debug:
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -129,30 +130,57 @@ class RealData:
         return (x - mean) / std
 
     def batches(self, split: str, batch_size: int, device: torch.device, *,
-                augment: bool = False, shuffle: bool = False,
-                generator: torch.Generator | None = None
+                augment: bool = False, shuffle: bool = False, seed: int = 0, stream: str = "",
+                epoch: int = 0, rank: int = 0, world: int = 1, slices: bool = False
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised (images, labels) batches on `device`."""
+        """Normalised (images, labels) batches on `device`, from a fixed seeded plan.
+
+        Batch b of (seed, stream, epoch) always holds the same images with the same
+        augmentation, whoever computes it: the order is one seeded permutation and each
+        augmentation is drawn from a generator keyed by (seed, stream, epoch, b) for
+        in-memory data, by (seed, stream, epoch, sample) in folder datasets' loader
+        workers. So the world size and the number of loader workers change nothing.
+        Under N ranks this rank gets the batches b ≡ rank (mod N), or with `slices` its
+        part of every batch (`tensor_split`, for DDP training).
+        """
+        plan = self.batch_plan(split, batch_size, shuffle, stream_seed(seed, stream, epoch))
+        if not slices:
+            plan = [(b, idx) for b, idx in enumerate(plan) if b % world == rank]
+        else:  # a batch too small to give every rank a sample is skipped
+            plan = [(b, idx) for b, idx in enumerate(plan) if len(idx) >= world]
         if self.in_memory:
             images = self.train_images if split == "train" else self.test_images
             labels = self.train_labels if split == "train" else self.test_labels
-            order = (torch.randperm(len(images), generator=generator) if shuffle
-                     else torch.arange(len(images)))
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for b, idx in plan:
                 x = images[idx].to(device, non_blocking=True)
                 if augment:
-                    x = _pad_crop_flip(x, generator)
-                yield self.normalize(x), labels[idx].to(device, non_blocking=True)
+                    g = torch.Generator().manual_seed(stream_seed(seed, stream, epoch, b))
+                    x = _pad_crop_flip(x, g)
+                y = labels[idx]
+                if slices:
+                    x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+                yield self.normalize(x), y.to(device, non_blocking=True)
             return
         dataset = self.train if split == "train" else self.test
         if augment != (split == "train"):
             dataset = _folder_split(self, split, augment)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                            generator=generator, num_workers=loader_workers(),
+        if augment:
+            dataset = _SeededSamples(dataset, stream_seed(seed, stream, epoch))
+        batches = [idx.tensor_split(world)[rank] if slices else idx for _, idx in plan]
+        loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
+                            num_workers=loader_workers(),
                             pin_memory=device.type == "cuda", persistent_workers=False)
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def batch_plan(self, split: str, batch_size: int, shuffle: bool, seed: int
+                   ) -> list[torch.Tensor]:
+        """The sample indices of every batch of one pass: fixed by `seed` alone."""
+        n = (len(self.train_images if split == "train" else self.test_images) if self.in_memory
+             else len(self.train if split == "train" else self.test))
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle
+                 else torch.arange(n))
+        return list(order.split(batch_size))
 
     def num_batches(self, split: str, batch_size: int) -> int:
         n = (len(self.train_images if split == "train" else self.test_images) if self.in_memory
@@ -187,6 +215,27 @@ class RealData:
             return self.train_images[index].float() / 255, targets[index]
         plain = _folder_split(self, "train", augment=False, normalize=False)
         return torch.stack([plain[int(i)][0] for i in index]), targets[index]
+
+
+def stream_seed(seed: int, stream: str, *keys: int) -> int:
+    """A 63-bit generator seed for one named random stream (and batch): order-free."""
+    text = ":".join(["lpld-data", str(seed), stream, *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+class _SeededSamples(Dataset):
+    """Seeds torch's RNG per sample, so random transforms do not depend on the workers."""
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed + 0x9E3779B97F4A7C15 * (i + 1)) % (1 << 63))
+            return self.base[i]
 
 
 def _pad_crop_flip(x: torch.Tensor, generator: torch.Generator | None,

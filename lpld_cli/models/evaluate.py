@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lpld_cli import dist
 from lpld_cli.data.datasets import RealData
 from lpld_cli.device import autocast
 from lpld_cli.progress import SILENT, Reporter
@@ -19,21 +20,26 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: RealData, device: torch.device, batch_size: int = 500,
-             reporter: Reporter = SILENT) -> dict[str, float]:
-    """Top-1 and top-5 of `model` on the real test split (top-5 only when classes > 5)."""
+             reporter: Reporter = SILENT, world: dist.World = dist.SINGLE) -> dict[str, float]:
+    """Top-1 and top-5 of `model` on the real test split (top-5 only when classes > 5).
+
+    Under N ranks each evaluates the test batches b ≡ rank (mod N) and the integer
+    counts are all-reduced, so every rank gets the one-process figures.
+    """
     was_training = model.training
     model.eval()
-    correct1 = correct5 = seen = 0
-    task = reporter.task("evaluate", data.num_batches("test", batch_size))
-    for x, y in data.batches("test", batch_size, device):
+    counts = torch.zeros(3, dtype=torch.int64)  # top-1, top-5, seen
+    task = reporter.task("evaluate", -(-data.num_batches("test", batch_size) // world.size))
+    for x, y in data.batches("test", batch_size, device, rank=world.rank, world=world.size):
         with autocast(device):
             logits = model(x).float()
-        correct1 += topk_correct(logits, y, 1)
-        correct5 += topk_correct(logits, y, 5)
-        seen += len(y)
+        counts += torch.tensor([topk_correct(logits, y, 1), topk_correct(logits, y, 5), len(y)])
         task.advance(1)
     task.close()
     model.train(was_training)
+    if world.distributed:
+        counts = dist.all_sum_(counts.to(device), world).cpu()
+    correct1, correct5, seen = (int(v) for v in counts)
     result = {"top1": correct1 / seen}
     if data.num_classes > 5:
         result["top5"] = correct5 / seen

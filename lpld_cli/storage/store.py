@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpld_cli import __version__
+from lpld_cli import __version__, dist
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 
 FORMAT_VERSION = 1
@@ -35,6 +35,8 @@ MAKER = {"teacher": "lpld squeeze", "images": "lpld recover", "labels": "lpld re
          "student": "lpld train"}
 MANIFEST = "manifest.json"
 _HASH_BLOCK = 1 << 20
+_NOT_SHARED = ("rank {rank} does not see the store rank 0 is writing: under torchrun every "
+               "rank needs the same --store on a shared filesystem (NFS, Lustre, …)")
 
 
 def canonical_json(obj: Any) -> str:
@@ -140,7 +142,12 @@ class Store:
     def cached(self, kind: str, config: dict[str, Any], parents: list[str]) -> Artifact | None:
         """The finished artifact for these inputs, if any (cheap: no payload is read)."""
         artifact_id = self.artifact_id(kind, config, parents)
-        found = self.find(kind, artifact_id)
+        w = dist.world()
+        if w.distributed:  # rank 0 decides, so no rank returns early while others build
+            dist.agree(artifact_id, "the artifact id (config and parents)", w)
+            found = dist.broadcast(self.find(kind, artifact_id) if w.main else None, w)
+        else:
+            found = self.find(kind, artifact_id)
         return None if found is None else Artifact(kind, artifact_id, found.path,
                                                    found.manifest, cached=True)
 
@@ -213,43 +220,86 @@ class Store:
         The folder is promoted by one rename, so an interrupted build never leaves a
         partial artifact under objects/. With `resumable`, a staging folder left by an
         interrupted run of the same inputs is handed back to `build` (staging.resumed).
+
+        Under torchrun rank 0 owns the store (DESIGN §7): it holds the lock, decides
+        cached / resumed / fresh and broadcasts that; every rank runs `build` (each
+        writing only its own part); rank 0 hashes, writes the manifest and promotes
+        once every rank's build returned. Rank 0's metrics are the artifact's.
         """
+        w = dist.world()
         artifact_id = self.artifact_id(kind, config, parents)
-        with self._lock(artifact_id):
-            self._recover_interrupted_force(kind, artifact_id)
-            existing = self.find(kind, artifact_id)
-            if existing is not None and not force:
-                return Artifact(kind, artifact_id, existing.path, existing.manifest, cached=True)
+        dist.agree(artifact_id, "the artifact id (config and parents)", w)
+        with self._lock(artifact_id) if w.main else contextlib.nullcontext():
+            decision = None
+            if w.main:
+                decision = self._decide(kind, artifact_id, force, resumable)
+            decision = dist.broadcast(decision, w)
+            if decision["cached"]:
+                found = self.find(kind, artifact_id)
+                dist.check_all(found is not None, _NOT_SHARED, w)
+                return Artifact(kind, artifact_id, found.path, found.manifest, cached=True)
             work = self.staging / artifact_id
-            resumed = work.is_dir() and resumable and not force
-            if work.exists() and not resumed:
-                _rmtree(work)
-            work.mkdir(parents=True, exist_ok=True)
-            staging = Staging(kind, artifact_id, work, resumed, dict(selectors or {}))
+            if w.distributed:
+                dist.check_all((work / decision["marker"]).is_file(), _NOT_SHARED, w)
+                dist.barrier(w)
+                if w.main:
+                    (work / decision["marker"]).unlink()
+            staging = Staging(kind, artifact_id, work, decision["resumed"],
+                              dict(selectors or {}))
             metrics = build(staging)
-            manifest = {
-                "kind": kind, "id": artifact_id, "lpld_version": __version__,
-                "format_version": FORMAT_VERSION, "config": config, "parents": list(parents),
-                "created": time.time(), "selectors": staging.selectors, "metrics": metrics,
-                "files": _hash_tree(work),
-            }
-            _write_atomic(work / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-            for path in _walk(work):
-                path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            (work / MANIFEST).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            final = self.objects / kind / artifact_id
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # --force: swap the old one out, then drop it
-                trash = self.staging / f".trash-{artifact_id}"
-                if trash.exists():
-                    _rmtree(trash)
-                os.rename(final, trash)
-                os.rename(work, final)
+            dist.barrier(w)
+            manifest = None
+            if w.main:
+                manifest = self._promote(kind, artifact_id, config, parents, staging, metrics)
+            manifest = dist.broadcast(manifest, w)
+            return Artifact(kind, artifact_id, self.objects / kind / artifact_id, manifest,
+                            cached=False)
+
+    def _decide(self, kind: str, artifact_id: str, force: bool, resumable: bool
+                ) -> dict[str, Any]:
+        """Cached, resumed or fresh (under the lock); a fresh or resumed staging folder."""
+        self._recover_interrupted_force(kind, artifact_id)
+        if self.find(kind, artifact_id) is not None and not force:
+            return {"cached": True}
+        work = self.staging / artifact_id
+        resumed = work.is_dir() and resumable and not force
+        if work.exists() and not resumed:
+            _rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        # Other ranks must see this file, or they do not share the store (DESIGN §7).
+        marker = f".rank0-{os.getpid()}-{time.time_ns()}"
+        if dist.world().distributed:
+            (work / marker).write_text(str(self.root.resolve()))
+        return {"cached": False, "resumed": resumed, "marker": marker}
+
+    def _promote(self, kind: str, artifact_id: str, config: dict[str, Any],
+                 parents: list[str], staging: Staging, metrics: dict[str, Any]
+                 ) -> dict[str, Any]:
+        """Hash the payload, write the manifest, make it read-only and rename it into place."""
+        work = staging.path
+        manifest = {
+            "kind": kind, "id": artifact_id, "lpld_version": __version__,
+            "format_version": FORMAT_VERSION, "config": config, "parents": list(parents),
+            "created": time.time(), "selectors": staging.selectors, "metrics": metrics,
+            "files": _hash_tree(work),
+        }
+        _write_atomic(work / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        for path in _walk(work):
+            path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        (work / MANIFEST).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        final = self.objects / kind / artifact_id
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # --force: swap the old one out, then drop it
+            trash = self.staging / f".trash-{artifact_id}"
+            if trash.exists():
                 _rmtree(trash)
-            else:
-                os.rename(work, final)
-            _fsync_dir(final.parent)
-            return Artifact(kind, artifact_id, final, manifest, cached=False)
+            os.rename(final, trash)
+            os.rename(work, final)
+            _rmtree(trash)
+        else:
+            os.rename(work, final)
+        _fsync_dir(final.parent)
+        return manifest
 
     def _recover_interrupted_force(self, kind: str, artifact_id: str) -> None:
         """A --force killed between its two renames left the old artifact in trash: restore it."""

@@ -1,0 +1,177 @@
+"""Distributed runs (issue 13): N gloo ranks on CPU equal one process, byte for byte.
+
+Marked `dist` (multi-process, ~minutes in all): `pytest -m dist`, run by .ci/run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lpld_cli.models.factory import build_model, model_spec
+from lpld_cli.squeeze import SqueezeConfig
+from tests.conftest import needs_fmnist
+from tests.dist_helpers import error_lines, payload, run_ranks, spawn, torchrun, wait_all
+
+pytestmark = [pytest.mark.dist, needs_fmnist]
+
+TINY = ["--width", "8", "--depth", "2", "--train-subset", "600"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fixed (random) ConvNet: squeeze --weights then runs only the statistics pass."""
+    torch.manual_seed(1)
+    model = build_model(model_spec("convnet", 10, 1, 28, 8, 2))
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _json(results) -> dict:
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
+    outs = [out for _, out, _ in results if out.strip()]
+    assert len(outs) == 1, "only rank 0 prints the result"
+    return json.loads(outs[0])
+
+
+def test_squeeze_class_stats_byte_equal_for_1_and_2_ranks(tmp_path: Path, weights: Path
+                                                           ) -> None:
+    made = {}
+    for n in (1, 2):
+        store = tmp_path / f"s{n}"
+        result = _json(run_ranks(n, ["squeeze", "--weights", str(weights), *TINY,
+                                     "--store", str(store), "--json"]))
+        made[n] = Path(result["artifact"]["path"])
+        assert result["metrics"]["bn_images"] == 600
+    assert made[1].name == made[2].name  # one id: the world size is not in it
+    one, two = payload(made[1]), payload(made[2])
+    assert set(one) >= {"bn_stats.safetensors", "weights.safetensors"}
+    assert one == two
+
+
+def test_ddp_teacher_names_its_world_size_and_caches(tmp_path: Path) -> None:
+    """The documented launch (torch.distributed.run); the id records 2 ranks."""
+    args = ["squeeze", *TINY, "--teacher-epochs", "1", "--batch-size", "64",
+            "--store", str(tmp_path), "--json"]
+    first = torchrun(2, args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = json.loads(first.stdout)
+    config = SqueezeConfig(width=8, depth=2, train_subset=600, teacher_epochs=1,
+                           batch_size=64, lr=result["config"]["lr"],
+                           weight_decay=result["config"]["weight_decay"])
+    from dataclasses import replace
+
+    from lpld_cli.storage.store import Store
+    assert result["artifact"]["id"] == Store.artifact_id(
+        "teacher", replace(config, world_size=2).identity(), [])
+    assert result["artifact"]["id"] != Store.artifact_id("teacher", config.identity(), [])
+    assert result["metrics"]["top1"] > 0.3  # it learned (10 classes: chance is 0.1)
+    again = torchrun(2, args)
+    assert again.returncode == 0 and json.loads(again.stdout)["artifact"]["cached"]
+
+
+def test_store_not_shared_is_one_clear_error(tmp_path: Path, weights: Path) -> None:
+    base = ["squeeze", "--weights", str(weights), *TINY]
+    results = wait_all(spawn([base + ["--store", str(tmp_path / "a")],
+                              base + ["--store", str(tmp_path / "b")]]))
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) == 1 and "does not see the store" in lines[0], lines
+    assert not list(tmp_path.glob("*/objects/teacher/*"))
+
+
+def test_mismatched_configs_across_ranks_is_one_clear_error(tmp_path: Path, weights: Path
+                                                            ) -> None:
+    base = ["squeeze", "--weights", str(weights), *TINY, "--store", str(tmp_path)]
+    results = wait_all(spawn([base, base + ["--seed", "1"]]))
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) == 1 and "ranks disagree" in lines[0], lines
+    assert not (tmp_path / "objects").exists() or not list(tmp_path.glob("objects/*/*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
+    results = run_ranks(2, ["squeeze", "--device", "cuda", "--store", str(tmp_path)])
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert lines == ["Error: --device cuda: no CUDA GPU is available here"]
+    assert not any("Traceback" in err for _, _, err in results)
+
+
+@pytest.fixture(scope="module")
+def teacher_store(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Path:
+    """A store holding a teacher made from the fixed weights (one process)."""
+    root = tmp_path_factory.mktemp("teacher")
+    _json(run_ranks(1, ["squeeze", "--weights", str(weights), *TINY, "--store", str(root),
+                        "--json"]))
+    return root
+
+
+def _copy_store(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src / "objects", dst / "objects")
+    return dst
+
+
+RECOVER = ["recover", "--ipc", "2", "--iterations", "20", "--classes-per-step", "2"]
+
+
+def test_recover_png_bytes_equal_for_1_and_2_ranks(tmp_path: Path, teacher_store: Path
+                                                   ) -> None:
+    made = {}
+    for n in (1, 2):
+        store = _copy_store(teacher_store, tmp_path / f"s{n}")
+        result = _json(run_ranks(n, [*RECOVER, "--store", str(store), "--json"]))
+        made[n] = Path(result["artifact"]["path"])
+        assert result["metrics"]["images"] == 20
+    assert made[1].name == made[2].name
+    one, two = payload(made[1]), payload(made[2])
+    assert len([f for f in one if f.endswith(".png")]) == 20
+    assert {f: hashlib.sha256(b).hexdigest() for f, b in one.items()} == {
+        f: hashlib.sha256(b).hexdigest() for f, b in two.items()}
+
+
+def test_killed_rank_stops_all_and_the_rerun_resumes_with_one_process(
+        tmp_path: Path, teacher_store: Path) -> None:
+    """SIGKILL rank 1 after the first class is saved: rank 0 exits non-zero (watchdog),
+    no artifact appears; the same command on 1 process resumes and equals a clean run."""
+    import signal
+    import time
+
+    args = ["recover", "--ipc", "2", "--iterations", "150", "--classes-per-step", "1"]
+    store = _copy_store(teacher_store, tmp_path / "killed")
+    procs = spawn([[*args, "--store", str(store)]] * 2, env={"LPLD_DIST_HEARTBEAT_S": "4"})
+    deadline = time.monotonic() + 240
+    while not list(store.glob("staging/*/train/0000*")) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+    assert list(store.glob("staging/*/train/0000*")), "no class was saved in time"
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    results = wait_all(procs, timeout=120)
+    assert time.monotonic() - killed_at < 60  # bounded: the heartbeat limit, not a hang
+    assert all(rc != 0 for rc, _, _ in results)
+    lines = error_lines(results)
+    assert len(lines) <= 1 and all("rank 1" in line for line in lines), lines
+    assert not list(store.glob("objects/images/*"))
+    resumed = _json(run_ranks(1, [*args, "--store", str(store), "--json"]))
+    assert resumed["metrics"]["classes_resumed"] >= 1
+    clean_store = _copy_store(teacher_store, tmp_path / "clean")
+    clean = _json(run_ranks(1, [*args, "--store", str(clean_store), "--json"]))
+    assert payload(Path(resumed["artifact"]["path"])) == payload(
+        Path(clean["artifact"]["path"]))
+
+
+def test_one_process_commands_refuse_torchrun(tmp_path: Path) -> None:
+    results = run_ranks(2, ["train", "--store", str(tmp_path)])
+    assert all(rc != 0 for rc, _, _ in results)
+    assert error_lines(results) == ["Error: lpld train runs as one process in this release"]
+    assert not (tmp_path / "staging").exists()
