@@ -183,9 +183,10 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
                          "teacher": p.teacher}}
 
 
-def findings(sets: list[dict[str, Any]]) -> list[str]:
+def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> list[str]:
     """One line per dataset: the best point against LPLD pruning alone at equal bytes."""
-    out = []
+    out = [f"{name}: not run (time ran out on the shared CPU)" for name in planned or []
+           if name not in {d["dataset"] for d in sets}]
     for d in sets:
         for axis, what in (("logits_bytes", "logits only"), ("total_bytes", "total")):
             cands = [r for r in d["rows"] if r["family"] != "float16"
@@ -196,10 +197,14 @@ def findings(sets: list[dict[str, Any]]) -> list[str]:
                 continue
             best = max(cands, key=lambda r: r[f"vs_lpld_{axis}"])
             gain = 100 * best[f"vs_lpld_{axis}"]
+            spread = 100 * (best["top1"]["std"] or 0)
             verdict = "beats" if gain > 0 else "does not beat"
+            noise = (f"; within the seed spread ±{spread:.1f}, so not significant"
+                     if abs(gain) <= spread else f"; seed spread ±{spread:.1f}")
             out.append(f"{d['dataset']} ({what}): best point {best['label']} ({best['encoding']},"
                        f" {best['schedule']}) {verdict} LPLD pruning alone at equal bytes by "
-                       f"{gain:+.1f} points (top-1 {100 * best['top1']['mean']:.1f}%)")
+                       f"{gain:+.1f} points (top-1 {100 * best['top1']['mean']:.1f}%, "
+                       f"{best['top1']['n']} seeds{noise})")
     return out
 
 
@@ -329,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                  "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "seconds": round(time.perf_counter() - started, 1),
                  "budget_ratio": BUDGET_RATIO, "store": str(args.store)},
-        "sets": sets, "findings": findings(sets),
+        "sets": sets, "findings": findings(sets, [q.name for q in plans(args.quick)]),
         "figure": os.path.relpath(png, md.parent)}
     write_json(args.out / f"{name}.json", result)
     target = regenerate_results(args.out)
