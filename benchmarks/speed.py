@@ -101,12 +101,64 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+STARTUP_REPEATS = 5
+
+
+def _wall(cmd: list[str], env: dict[str, str]) -> float:
+    """Best wall time of STARTUP_REPEATS runs of `cmd` (a fresh interpreter each time)."""
+    best = float("inf")
+    for _ in range(STARTUP_REPEATS):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        best = min(best, time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+    return best
+
+
+def startup_figures(work: Path, data: str | None) -> dict[str, Any]:
+    """Commands that compute nothing (help, ls, show, a cached stage) vs `import torch`.
+
+    Each is a fresh `python -m lpld_cli …` process, best of STARTUP_REPEATS; the cached
+    stage is a tiny squeeze made once beforehand in a scratch store.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    store = str(work / "startup-store")
+    lpld = [sys.executable, "-m", "lpld_cli"]
+    squeeze = [*lpld, "squeeze", "--train-subset", "500", "--teacher-epochs", "1", "--width",
+               "8", "--store", store, *(["--data", data] if data else [])]
+    made = subprocess.run([*squeeze, "--json"], capture_output=True, text=True, cwd=ROOT,
+                          env=env, check=True)
+    teacher = json.loads(made.stdout)["artifact"]["id"]
+    torch_s = _wall([sys.executable, "-c", "import torch"], env)
+    log(f"python -c 'import torch': {torch_s:.2f}s")
+    figures = {}
+    for key, label, cmd in (
+            ("help", "lpld --help", [*lpld, "--help"]),
+            ("ls", "lpld ls", [*lpld, "ls", "--store", store]),
+            ("show", "lpld show ID", [*lpld, "show", teacher[:12], "--store", store]),
+            ("cached", "lpld squeeze (cached)", squeeze)):
+        seconds = _wall(cmd, env)
+        log(f"{label}: {seconds:.2f}s")
+        figures[f"startup_{key}"] = figure(
+            f"wall time of a command that computes nothing (best of {STARTUP_REPEATS} fresh "
+            "processes)", label, seconds, "python -c 'import torch'", torch_s, "s",
+            note=f"{seconds:.2f} s; goal < 1 s on the 2-core CPU; load average "
+                 f"{os.getloadavg()[0]:.1f} while measured")
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for every timed stage (default 1: what the "
                              "reproduction's workers use)")
+    parser.add_argument("--only", choices=("startup",), default=None,
+                        help="measure only this part and merge it into the existing "
+                             "speed-<device>.json (its figures say which run made them)")
     args = parser.parse_args(argv)
+    if args.only == "startup":
+        return startup_only(args)
 
     import torch
 
@@ -261,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             row["torch_save_block_bytes"], "lpld Zarr on disk", row["disk_bytes"], "bytes",
             note=f"{row['torch_save_files']} files vs one Zarr group")
 
+        # -- commands that compute nothing vs `import torch` (fresh processes)
+        figures.update(startup_figures(scratch_root, args.data))
+
         # -- peak RSS at E = 300 vs E = 30 (fresh processes)
         rss: dict[str, dict[int, float]] = {"relabel": {}, "train": {}}
         rss_store = str(scratch_root / "rss-store")
@@ -326,6 +381,28 @@ def main(argv: list[str] | None = None) -> int:
     write_json(path, result)
     target = regenerate_results(args.out)
     log(f"wrote {path} and {target} in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def startup_only(args: Any) -> int:
+    """`--only startup`: the startup figures alone, merged into this device's speed JSON."""
+    from lpld_cli.device import resolve_device
+
+    info = device_info(resolve_device(args.device))
+    path = args.out / f"speed-{info['type']}{'-quick' if args.quick else ''}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {
+        "meta": {"quick": args.quick, "device": info}, "figures": {}, "notes": []}
+    scratch = Path(tempfile.mkdtemp(prefix="lpld-startup-"))
+    try:
+        figures = startup_figures(scratch, args.data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for fig in figures.values():
+        fig["note"] += f"; measured by `speed.py --only startup` on {stamp}"
+    result["figures"].update(figures)
+    write_json(path, result)
+    log(f"wrote {path} and {regenerate_results(args.out)}")
     return 0
 
 

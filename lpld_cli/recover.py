@@ -331,7 +331,8 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
                           "pass the id of a teacher (made by lpld squeeze)")
     net = load_teacher(teacher, device)
     dataset = net.data["dataset"]
-    config = config.resolved(get_preset(dataset), dataset)
+    recipe = net.data.get("recipe")  # an imagefolder teacher names the preset it follows
+    config = config.resolved(get_preset(recipe or dataset), dataset)
     if config.bn_target == "class" and net.class_stats is None:
         raise ConfigError(f"teacher {teacher.short} has no class-wise BN statistics, which "
                           "--bn-target class needs", "use --bn-target global, or a teacher "
@@ -344,8 +345,8 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
         # rank 0 reads what is done before any rank writes, so every rank plans alike
         done = dist.broadcast(done_classes(staging.path) if w.main else None, w)
         if config.method == "real":
-            computed = (_save_real(config, staging.path, data_root, num_classes, done)
-                        if w.main else 0)
+            computed = (_save_real(config, staging.path, data_root, num_classes, done,
+                                   net.data) if w.main else 0)
         else:
             computed = _save_synthetic(net, config, staging.path, device, done, reporter, w)
         dist.barrier(w)  # every rank's classes are on disk
@@ -359,16 +360,20 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
                 "classes_resumed": len(done), "seconds_per_class":
                     round(seconds / computed, 3) if computed else 0.0}
 
-    return store.produce("images", config.identity(), [teacher.id], build, force=force,
+    identity = config.identity()
+    # the key configuration too: two image sets of one IPC are told apart by it (parents)
+    key = {k: identity.get(k) for k in ("batching", "bn_target", "iterations", "r_bn", "seed")}
+    return store.produce("images", identity, [teacher.id], build, force=force,
                          resumable=True, selectors={"dataset": dataset, "ipc": config.ipc,
                                                     "method": config.method,
-                                                    "teacher": teacher.id})
+                                                    "teacher": teacher.id, **key,
+                                                    **({"recipe": recipe} if recipe else {})})
 
 
 def _save_real(config: RecoverConfig, folder, data_root: str | None, num_classes: int,
-               done: set[int]) -> int:
+               done: set[int], geometry: dict) -> int:
     """`--method real`: `ipc` seeded random training images per class, as they are."""
-    data = load_dataset(config.dataset, data_root)
+    data = load_dataset(config.dataset, data_root, geometry)
     images, labels = data.sample_train_images(config.ipc, config.seed)
     pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)
     todo = [c for c in range(num_classes) if c not in done]

@@ -128,7 +128,10 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
         "labels", config.identity(), [images.id, teacher.id], build, force=force, resumable=True,
         selectors={"dataset": sel.get("dataset"), "ipc": sel.get("ipc"),
                    "method": sel.get("method"), "ratio": 1.0, "granularity": None,
-                   "metric": None})
+                   "metric": None, "epochs": config.epochs, "batch_size": config.batch_size,
+                   "mix": config.mix, "logits_dtype": config.logits_dtype,
+                   "relabel_seed": config.seed,
+                   **({"recipe": sel["recipe"]} if sel.get("recipe") else {})})
 
 
 def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifact: Artifact,

@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from lpld_cli import dist, stage_module
-from lpld_cli.data.datasets import RealData, load_dataset
+from lpld_cli.data.datasets import RealData, load_dataset, load_imagefolder
+from lpld_cli.data.geometry import FolderInfo, inspect_folder, recipe_for
+from lpld_cli.data.presets import get_preset
 from lpld_cli.device import autocast, seed_everything
-from lpld_cli.errors import ConfigError
+from lpld_cli.errors import ConfigError, DataNotFoundError
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import (
@@ -59,6 +61,11 @@ class SqueezeConfig:
     seed: int = 0
     # ranks the teacher trained on (DDP splits every batch; BatchNorm sees each slice)
     world_size: int = 1
+    # imagefolder only: the geometry used, the preset whose recipe runs, the data's hash
+    image_size: int | None = None
+    channels: int | None = None
+    recipe: str | None = None
+    data_sha256: str | None = None
 
     def validate(self) -> None:
         if self.teacher_epochs < 1 and self.weights_sha256 is None:
@@ -73,12 +80,22 @@ class SqueezeConfig:
         if self.weights_sha256 is None and self.batch_size < self.world_size:
             raise ConfigError(f"--batch-size {self.batch_size} is smaller than the "
                               f"{self.world_size} ranks that split each batch")
+        folder = (self.image_size, self.channels, self.recipe)
+        if self.dataset != "imagefolder" and any(v is not None for v in folder):
+            raise ConfigError("--image-size, --channels and --preset are for --dataset "
+                              "imagefolder", "the built-in datasets have their own preset")
+        if self.recipe is not None:
+            get_preset(self.recipe)  # an unknown name is a ConfigError
 
     def identity(self) -> dict:
-        """The config that names the teacher: the world size only where it changes it."""
+        """The config that names the teacher: the world size only where it changes it, the
+        imagefolder fields only when set (the ids of the built-in datasets stay as they were)."""
         out = asdict(self)
         if self.world_size == 1 or self.weights_sha256 is not None:
             out.pop("world_size")  # one process, or given weights: exact stats, any N
+        for key in ("image_size", "channels", "recipe", "data_sha256"):
+            if out[key] is None:
+                out.pop(key)
         return out
 
 
@@ -94,9 +111,17 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
         config = replace(config, weights_sha256=sha256_file(Path(weights)))
     config = replace(config, world_size=1 if weights is not None else w.size)
     config.validate()
+    info = None
+    if config.dataset == "imagefolder" and config.data_sha256 is None:
+        config, info = folder_config(config, data_root)
     if not force and (hit := store.cached("teacher", config.identity(), [])) is not None:
         return hit  # same inputs: skip loading data and building the network
-    data = load_dataset(config.dataset, data_root)
+    if config.dataset == "imagefolder":
+        data = load_imagefolder(data_root, {"image_size": config.image_size,
+                                            "channels": config.channels,
+                                            "recipe": config.recipe}, info)
+    else:
+        data = load_dataset(config.dataset, data_root)
     if config.train_subset is not None:
         data = data.subset(config.train_subset, config.seed)
     spec = model_spec(config.model, data.num_classes, data.preset.channels,
@@ -120,19 +145,36 @@ def squeeze(store: Store, config: SqueezeConfig, *, data_root: str | None = None
         stats = _class_stats(model, data, config, device, reporter, w)
         if not w.main:
             return {}
-        save_teacher(staging.path, model, spec, _data_info(data), stats)
+        save_teacher(staging.path, model, spec, _data_info(data, config.recipe, data_root),
+                     stats)
         bn_images = int(next(iter(stats.values())).count.sum())
         return {**scores, "images_seen": seen, "bn_images": bn_images}
 
+    recipe = {"recipe": config.recipe} if config.recipe else {}
     return store.produce("teacher", config.identity(), [], build, force=force,
                          selectors={"dataset": config.dataset, "model": config.model,
-                                    "bn_stats": config.bn_stats})
+                                    "bn_stats": config.bn_stats, **recipe})
 
 
-def _data_info(data: RealData) -> dict:
+def folder_config(config: SqueezeConfig, data_root: str | None
+                  ) -> tuple[SqueezeConfig, FolderInfo]:
+    """An imagefolder config completed from the data: geometry, recipe, content hash."""
+    if data_root is None:
+        raise DataNotFoundError("--data is required for imagefolder",
+                                "pass the folder holding train/ and val/")
+    info = inspect_folder(data_root, config.image_size, config.channels)
+    return replace(config, image_size=info.image_size, channels=info.channels,
+                   recipe=config.recipe or recipe_for(info.image_size),
+                   data_sha256=info.sha256), info
+
+
+def _data_info(data: RealData, recipe: str | None = None, root: str | None = None) -> dict:
     p = data.preset
-    return {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
+    info = {"dataset": data.name, "class_names": data.class_names, "image_size": p.image_size,
             "channels": p.channels, "mean": list(p.mean), "std": list(p.std)}
+    if recipe:  # an imagefolder: later stages read the folder from here unless given --data
+        info.update(recipe=recipe, root=str(Path(root).resolve()) if root else None)
+    return info
 
 
 STATS_BATCH = 256  # the class-statistics pass: fixed, so its batches never change

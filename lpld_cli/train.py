@@ -45,6 +45,7 @@ from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import SoftTarget, identity_dict
 from lpld_cli.storage.images import load_image_set
+from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Staging, Store
 from lpld_cli.storage.weights import save_weights
 
@@ -249,12 +250,13 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
     dataset = images.selectors.get("dataset", config.dataset)
     if dataset != config.dataset:
         raise ConfigError(f"images {images.short} are {dataset}, not {config.dataset}")
-    data = load_dataset(config.dataset, data_root)
+    teacher_data = _teacher_data(store, pool, teacher, images)
+    data = load_dataset(config.dataset, data_root, teacher_data)  # the teacher's geometry
     image_size = data.preset.image_size
     spec = model_spec(config.model, data.num_classes, data.preset.channels, image_size,
                       config.width, config.depth)
     check_input(build_model(spec), spec)
-    norm = _normalisation(store, data, pool, teacher, images)
+    norm = _normalisation(data, teacher_data)
     every = max(1, config.epochs // 10) if eval_every is None else eval_every
 
     def build(staging: Staging) -> dict[str, Any]:
@@ -405,16 +407,22 @@ def _test_subset(data: RealData, n: int) -> RealData:
     return replace(data, test=Subset(data.test, range(min(n, len(data.test)))))
 
 
-def _normalisation(store: Store, data: Any, pool: LabelPool | None, teacher: Artifact | None,
-                   images: Artifact) -> dict[str, Any]:
-    """The mean/std relabel normalised these images with: the labelling teacher's."""
+def _teacher_data(store: Store, pool: LabelPool | None, teacher: Artifact | None,
+                  images: Artifact) -> dict[str, Any] | None:
+    """The labelling teacher's data.json (dataset geometry, mean/std), if it is in the store."""
     candidates = [teacher.id if teacher is not None else None,
                   pool.teacher_id if pool is not None else None, *images.parents]
     for ref in candidates:
         found = store.find("teacher", ref) if ref else None
         if found is not None:
-            info = json.loads(found.file("data.json").read_text())
-            return {"mean": info["mean"], "std": info["std"]}
+            return json.loads(found.file("data.json").read_text())
+    return None
+
+
+def _normalisation(data: Any, teacher_data: dict[str, Any] | None) -> dict[str, Any]:
+    """The mean/std relabel normalised these images with: the labelling teacher's."""
+    if teacher_data is not None:
+        return {"mean": teacher_data["mean"], "std": teacher_data["std"]}
     return {"mean": list(data.preset.mean), "std": list(data.preset.std)}
 
 
@@ -459,14 +467,16 @@ def _load_checkpoint(staging: Staging, model: nn.Module,
 
 
 # ------------------------------------------------------------- resolving the inputs
-def resolve_labels(store: Store, ratio: float, **selectors: Any) -> Artifact:
-    """The newest label store at `ratio` (1.0: unpruned) matching `selectors`.
+def resolve_labels(store: Store, ratio: float, newest: bool = False,
+                   **selectors: Any) -> Artifact:
+    """The label store at `ratio` (1.0: unpruned) matching `selectors`.
 
-    None at a pruned ratio: the error names `lpld prune`, not `lpld relabel`.
+    None at a pruned ratio: the error names `lpld prune`, not `lpld relabel`. Several:
+    an error listing them, unless `newest` takes the newest.
     """
     wanted = {k: v for k, v in selectors.items() if v is not None}
     try:
-        return store.newest("labels", where=lambda a: math.isclose(
+        return select(store, "labels", newest=newest, where=lambda a: math.isclose(
             float(a.selectors.get("ratio") or 1.0), ratio, rel_tol=1e-9), **wanted)
     except ArtifactNotFoundError:
         if math.isclose(ratio, 1.0):

@@ -82,7 +82,8 @@ def test_imagefolder_and_tiny_imagenet_layouts(tmp_path: Path) -> None:
     assert data.class_names == ["cat", "dog"] and data.num_train() == 6
     assert torch.equal(data.targets(), torch.tensor([0, 0, 0, 1, 1, 1]))
     x, y = next(data.batches("test", 4, torch.device("cpu")))
-    assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 0, 1]
+    # the folder's own geometry (issue 17), no longer ImageNet's 224 px
+    assert x.shape == (4, 3, 40, 40) and y.tolist() == [0, 0, 0, 1]
 
     tiny = tmp_path / "tiny"
     for c, wnid in enumerate(("n01", "n02")):

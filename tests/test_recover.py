@@ -134,8 +134,10 @@ def test_recover_writes_an_imagefolder_and_caches(store_with_teacher: Store) -> 
     config = RecoverConfig(ipc=2, iterations=3, classes_per_step=4)
     art = recover(store, config, teacher)
     assert art.kind == "images" and art.parents == [teacher.id] and not art.cached
+    # selectors carry the key recover configuration (issue 17: unambiguous parents)
     assert art.selectors == {"dataset": "fashion-mnist", "ipc": 2, "method": "lpld",
-                             "teacher": teacher.id}
+                             "teacher": teacher.id, "batching": "class", "bn_target": "class",
+                             "iterations": 3, "r_bn": 0.05, "seed": 0}
     m = art.metrics
     assert (m["images"], m["classes"], m["classes_resumed"]) == (20, 10, 0)
     assert 0.0 <= m["self_top1"] <= 1.0 and m["seconds_per_class"] > 0

@@ -62,7 +62,9 @@ def test_rows_sampler_and_attributes(store_with_teacher: Store) -> None:
     labels, rows = read_all(art)
     assert art.kind == "labels" and art.parents == [images.id, images.parents[0]]
     assert art.selectors == {"dataset": "fashion-mnist", "ipc": 3, "method": "real",
-                             "ratio": 1.0, "granularity": None, "metric": None}
+                             "ratio": 1.0, "granularity": None, "metric": None,
+                             "epochs": 5, "batch_size": 8, "mix": "cutmix",
+                             "logits_dtype": "float16", "relabel_seed": 0}
     assert art.metrics["rows"] == 20 and art.metrics["batches_per_epoch"] == 4
     assert art.metrics["epochs"] == 5
     assert art.metrics["logical_bytes"] == sum(a.nbytes for a in labels.arrays.values())

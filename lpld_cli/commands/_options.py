@@ -9,16 +9,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
 from lpld_cli import dist
 from lpld_cli.commands._ui import errors_to_exit
-from lpld_cli.device import resolve_device
-from lpld_cli.errors import ConfigError
+from lpld_cli.errors import ConfigError, LpldError
+from lpld_cli.storage.requests import answered, request_key
+from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Store
+
+if TYPE_CHECKING:  # torch is imported only by commands that compute (ls/show/--help stay fast)
+    import torch
 
 
 @dataclass
@@ -36,7 +39,11 @@ class Common:
 
     @property
     def device(self) -> torch.device:
-        return self.rank_device or resolve_device(self.device_name)
+        if self.rank_device is not None:
+            return self.rank_device
+        from lpld_cli.device import resolve_device
+
+        return resolve_device(self.device_name)
 
     def result(self, command: str, artifact: Artifact, metrics: dict[str, Any]) -> dict[str, Any]:
         """The result object of DESIGN §2."""
@@ -97,14 +104,51 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def resolve_parent(common: Common, kind: str, ref: str | None, **selectors: Any) -> Artifact:
-    """`--from ID` (verified, of `kind`), else the newest matching artifact; say which."""
+# Datasets whose files never change under their path (an id does not hash them).
+FIXED_DATASETS = ("fashion-mnist", "mnist")
+
+# The artifact a command reads (show, export, report lineage).
+ArtifactRef = Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",
+                                            show_default=False)]
+
+# `--newest`: the commands that pick a parent without --from.
+Newest = Annotated[bool, typer.Option(
+    "--newest", help="Without --from, when several artifacts match: take the newest "
+    "(default: stop and list them).")]
+
+
+def resolve_parent(common: Common, kind: str, ref: str | None, newest: bool = False,
+                   **selectors: Any) -> Artifact:
+    """`--from ID` (verified, of `kind`), else the one matching artifact; say which."""
     from lpld_cli.commands._ui import info
 
     if ref:
         artifact = common.store.get(ref, kind=kind)
         info(f"using {kind} {artifact.short} (--from)")
     else:
-        artifact = common.store.newest(kind, **selectors)
+        artifact = select(common.store, kind, newest=newest, **selectors)
         info(f"using {kind} {artifact.short} (newest matching)")
     return artifact
+
+
+def answered_request(common: Common, command: str, options: dict[str, Any], kind: str,
+                     ref: str | None, newest: bool = False,
+                     where: Callable[[Artifact], bool] | None = None,
+                     **selectors: Any) -> tuple[str | None, Artifact | None]:
+    """The request key of a stage command line and the artifact it made before, if any.
+
+    The parent is resolved from manifests only (no torch). Key None (the normal path runs
+    and reports any error): --force, a parent that is not unique, or a folder dataset.
+    """
+    if common.force:
+        return None, None
+    try:
+        parent = (common.store.get(ref, kind=kind, verify=False) if ref else
+                  select(common.store, kind, newest=newest, verify=False, where=where,
+                         **selectors))
+    except LpldError:
+        return None, None
+    if parent.selectors.get("dataset") not in FIXED_DATASETS:
+        return None, None
+    key = request_key(command, options, [parent.id])
+    return key, answered(common.store, key)

@@ -86,7 +86,7 @@ class RichReporter:
 
 def info(message: str) -> None:
     if dist.world().main:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def emit(payload: dict[str, Any], as_json: bool, human: str) -> None:

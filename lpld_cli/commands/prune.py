@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lpld_cli.checks import parse_ratio
-from lpld_cli.commands._options import Common, common_options, resolve_parent
+from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.prune import (
@@ -32,13 +32,13 @@ def command(
              "The new store's `ratio` selector is relative to the UNPRUNED store (parent "
              "ratio × N), so pruning a 10x store by 4x gives a 40x store.")],
     ipc: Annotated[int | None, typer.Option(
-        help="Prune the newest unpruned label store with this IPC (without --from).",
+        help="Prune the unpruned label store with this IPC (without --from).",
         show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
-        help="Prune the newest unpruned label store of this dataset (without --from).",
+        help="Prune the unpruned label store of this dataset (without --from).",
         show_default=False)] = None,
     method: Annotated[str | None, typer.Option(
-        help="Prune the newest unpruned label store of this recover method (without --from).",
+        help="Prune the unpruned label store of this recover method (without --from).",
         show_default=False)] = None,
     granularity: Annotated[str, typer.Option(
         help="batch: choose rows one by one (the paper's improved label pool); epoch: keep "
@@ -76,8 +76,9 @@ def command(
         help="The schedule's lowest T, where the tail mass is measured too.")] = 2.0,
     from_: Annotated[str | None, typer.Option(
         "--from", help="The label store to prune (an id or prefix; may itself be pruned) "
-                       "[default: the newest unpruned one matching --ipc/--dataset/--method].",
+                       "[default: the unpruned one matching --ipc/--dataset/--method].",
         show_default=False)] = None,
+    newest: Newest = False,
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
     config = PruneConfig(ratio=parse_ratio(ratio), granularity=granularity, metric=metric,
@@ -88,8 +89,8 @@ def command(
     if from_:
         parent = resolve_parent(common, "labels", from_)
     else:
-        parent = resolve_parent(common, "labels", None, ipc=ipc, dataset=dataset, method=method,
-                                ratio=1.0)
+        parent = resolve_parent(common, "labels", None, newest, ipc=ipc, dataset=dataset,
+                                method=method, ratio=1.0)
     t0 = temperature or get_preset(parent.selectors.get("dataset") or "fashion-mnist").temperature
     if (config.topk_fill == "lme" and config.fill_temperature is None
             and parent_attrs(parent).get("topk_fill") != "lme"):

@@ -6,9 +6,16 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, common_options, resolve_parent
+from lpld_cli.commands._options import (
+    Common,
+    Newest,
+    answered_request,
+    common_options,
+    resolve_parent,
+)
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.recover import RecoverConfig, recover
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -47,26 +54,40 @@ def command(
              "equals one per step, only faster [default: fill a batch of ~330 28-px images "
              "on CPU].", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
-        help="Pick the newest teacher of this dataset [default: the newest teacher].",
+        help="Pick the teacher of this dataset [default: the store's only teacher; see --newest].",
         show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
         help="Dataset folder (only --method real reads real images).",
         show_default=False)] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Teacher artifact id (or prefix) [default: the newest matching].",
+        "--from", help="Teacher artifact id (or prefix) [default: the one matching; see --newest].",
         show_default=False)] = None,
+    newest: Newest = False,
 ) -> None:
     """Synthesise IPC images per class from the teacher (LPLD, SRe²L, CDA, or real)."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    key, hit = answered_request(common, "recover", options, "teacher", from_, newest,
+                                dataset=dataset)
+    if hit is not None:  # answered before: no torch, no teacher, no data
+        return _report(common, hit)
+    from lpld_cli.recover import RecoverConfig, recover
+
     config = RecoverConfig(
         ipc=ipc, method=method, batching=batching, bn_target=bn_target,
         iterations=iterations, lr=lr, r_bn=r_bn, first_bn_multiplier=first_bn_multiplier,
         jitter=jitter, mixed_batch=mixed_batch, seed=common.seed,
         classes_per_step=classes_per_step)
     config.validate()  # bad options fail before the store is read
-    teacher = resolve_parent(common, "teacher", from_, dataset=dataset)
+    teacher = resolve_parent(common, "teacher", from_, newest, dataset=dataset)
     with RichReporter() as reporter:
         artifact = recover(common.store, config, teacher, data_root=data, device=common.device,
                            force=common.force, reporter=reporter)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"images {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("recover", artifact, m), common.json,

@@ -6,22 +6,31 @@ from typing import Annotated
 
 import typer
 
-from lpld_cli.commands._options import Common, common_options, resolve_parent
+from lpld_cli.commands._options import (
+    Common,
+    Newest,
+    answered_request,
+    common_options,
+    resolve_parent,
+)
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import get_preset
 from lpld_cli.errors import ConfigError
-from lpld_cli.relabel import RelabelConfig, relabel
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
 def command(
     common: Common,
     ipc: Annotated[int | None, typer.Option(
-        help="Use the newest image set with this many images per class.",
+        help="Use the image set with this many images per class.",
         show_default=False)] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Image set id (or prefix) to relabel [default: newest matching].",
+        "--from", help="Image set id (or prefix) to relabel [default: the one matching; see "
+        "--newest].",
         show_default=False)] = None,
+    newest: Newest = False,
     teacher: Annotated[str | None, typer.Option(
         help="Teacher id [default: the image set's own teacher].", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
@@ -62,6 +71,13 @@ def command(
 ) -> None:
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    key, hit = answered_request(common, "relabel", options, "images", from_, newest, ipc=ipc,
+                                dataset=dataset, method=method)
+    if hit is not None:  # answered before: no torch, no teacher, no images read
+        return _report(common, hit)
+    from lpld_cli.relabel import RelabelConfig, relabel
+
     if ipc is not None and ipc < 1:
         raise ConfigError(f"--ipc must be at least 1 (got {ipc})")
     if threads < 0:
@@ -73,8 +89,10 @@ def command(
                   topk=topk, topk_fill=topk_fill,
                   fill_temperature=fill_temperature or (1.0 if topk_fill == "lme" else None)
                   ).validate()
-    images = resolve_parent(common, "images", from_, ipc=ipc, dataset=dataset, method=method)
-    preset = get_preset(images.selectors.get("dataset") or "fashion-mnist")
+    images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,
+                            method=method)
+    preset = get_preset(images.selectors.get("recipe") or images.selectors.get("dataset")
+                        or "fashion-mnist")
     config = RelabelConfig(
         epochs=preset.relabel_epochs if epochs is None else epochs,
         batch_size=preset.relabel_batch_size if batch_size is None else batch_size,
@@ -88,6 +106,12 @@ def command(
         artifact = relabel(common.store, config, images, teacher_artifact,
                            device=common.device, force=common.force, reporter=reporter,
                            threads=threads or None)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("relabel", artifact, m), common.json,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,10 @@ import typer
 
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
+from lpld_cli.data.geometry import describe
 from lpld_cli.data.presets import get_preset
-from lpld_cli.squeeze import SqueezeConfig, squeeze
+from lpld_cli.storage.requests import answered, remember, request_key
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -40,22 +43,58 @@ def command(
     train_subset: Annotated[int | None, typer.Option(
         help="Use only N seeded random training images (a quick first try).",
         show_default=False)] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help="imagefolder: resize every image to N×N [default: the images' own size, when "
+             "they all share one].", show_default=False)] = None,
+    channels: Annotated[int | None, typer.Option(
+        help="imagefolder: 1 (grey) or 3 (RGB), converting every image [default: the "
+             "images' own].", show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="imagefolder: borrow this dataset preset's recipe (fashion-mnist, tiny-imagenet, "
+             "imagenet-1k, …) [default: by image size: ≤32 px fashion-mnist's ConvNet recipe, "
+             "≤64 px tiny-imagenet's, larger imagenet-1k's].", show_default=False)] = None,
     bn_stats: Annotated[str, typer.Option(
         help="Class-wise BN statistics: exact (pooled over the pass, float64) or ema "
              "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
 ) -> None:
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
-    preset = get_preset(dataset)
-    config = SqueezeConfig(
-        dataset=dataset, model=model or preset.teacher_model, width=width, depth=depth,
-        teacher_epochs=preset.teacher_epochs if teacher_epochs is None else teacher_epochs,
-        batch_size=batch_size or preset.teacher_batch_size,
-        lr=preset.teacher_lr if lr is None else lr, weight_decay=preset.teacher_weight_decay,
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    # files the id hashes (weights, a folder's images) may change under the same path
+    key = (request_key("squeeze", options, []) if weights is None
+           and dataset in ("fashion-mnist", "mnist") else None)
+    hit = None if common.force or key is None else answered(common.store, key)
+    if hit is not None:  # answered before: no torch, no data, no network
+        return _report(common, hit)
+    from lpld_cli.squeeze import SqueezeConfig, folder_config, squeeze
+
+    folder = SqueezeConfig(dataset=dataset, image_size=image_size, channels=channels,
+                           recipe=preset)
+    folder.validate()
+    if dataset == "imagefolder":  # geometry and recipe from the data, said before any work
+        folder, found = folder_config(folder, data)
+        info(describe(found, folder.recipe, borrowed=preset is not None))
+    recipe = get_preset(folder.recipe or dataset)
+    if dataset == "imagefolder":
+        info(f"recipe: teacher {model or recipe.teacher_model} for {recipe.teacher_epochs} "
+             f"epochs; recover {recipe.recover_iterations} iterations; relabel "
+             f"{recipe.relabel_epochs} epochs of batch {recipe.relabel_batch_size}; student "
+             f"{recipe.student_model} for {recipe.train_epochs} epochs")
+    config = replace(
+        folder, model=model or recipe.teacher_model, width=width, depth=depth,
+        teacher_epochs=recipe.teacher_epochs if teacher_epochs is None else teacher_epochs,
+        batch_size=batch_size or recipe.teacher_batch_size,
+        lr=recipe.teacher_lr if lr is None else lr, weight_decay=recipe.teacher_weight_decay,
         bn_stats=bn_stats, train_subset=train_subset, seed=common.seed)
     device = common.device
     with RichReporter(quiet=False) as reporter:
         artifact = squeeze(common.store, config, data_root=data, weights=weights,
                            device=device, force=common.force, reporter=reporter)
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
     m = artifact.metrics
     info(f"teacher {artifact.short}{' (cached)' if artifact.cached else ''}")
     emit(common.result("squeeze", artifact, m), common.json,

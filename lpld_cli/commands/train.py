@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
 
 from lpld_cli.checks import parse_ratio
-from lpld_cli.commands._options import Common, common_options
+from lpld_cli.commands._options import Common, Newest, answered_request, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
-from lpld_cli.data.label_pool import LabelPool
 from lpld_cli.data.presets import get_preset
-from lpld_cli.train import (
-    TrainConfig,
-    image_teacher,
-    label_images,
-    resolve_labels,
-    train,
-)
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.selection import select
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -95,18 +91,33 @@ def command(
     data: Annotated[str | None, typer.Option(
         help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
+    newest: Newest = False,
 ) -> None:
     """Train a student from scratch on the synthetic images; report top-1 on the real test set."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
     store = common.store
     teacher = label_store = None
     choice = (labels or "").strip().lower()
     mode = choice if choice in ("online", "hard") else "stored"
     if mode == "stored":
+        key, hit = answered_request(
+            common, "train", options, "labels", labels, newest, ipc=ipc, dataset=dataset,
+            method=method, where=lambda a: math.isclose(
+                float(a.selectors.get("ratio") or 1.0), parse_ratio(ratio or "1x")))
+    else:
+        key, hit = answered_request(common, "train", options, "images", images, newest,
+                                    ipc=ipc, dataset=dataset, method=method)
+    if hit is not None:  # answered before: no torch, no data, no network
+        return _report(common, hit, mode)
+    from lpld_cli.data.label_pool import LabelPool
+    from lpld_cli.train import TrainConfig, image_teacher, label_images, resolve_labels, train
+
+    if mode == "stored":
         if labels:
             label_store = store.get(labels, kind="labels")
             info(f"using labels {label_store.short} (--labels)")
         else:
-            label_store = resolve_labels(store, parse_ratio(ratio or "1x"), ipc=ipc,
+            label_store = resolve_labels(store, parse_ratio(ratio or "1x"), newest, ipc=ipc,
                                          dataset=dataset, method=method)
             info(f"using labels {label_store.short} (newest matching)")
         image_set = label_images(store, label_store)
@@ -114,13 +125,14 @@ def command(
         if images:
             image_set = store.get(images, kind="images")
         else:
-            image_set = store.newest("images", ipc=ipc, dataset=dataset, method=method)
+            image_set = select(store, "images", newest=newest, ipc=ipc, dataset=dataset,
+                               method=method)
         info(f"using images {image_set.short}")
         if mode == "online":
             teacher = image_teacher(store, image_set)
             info(f"using teacher {teacher.short}")
     name = image_set.selectors.get("dataset", dataset or "fashion-mnist")
-    preset = get_preset(name)
+    preset = get_preset(image_set.selectors.get("recipe") or name)
     row_size = LabelPool.open(label_store).batch_size if label_store is not None else None
     config = TrainConfig(
         dataset=name, model=model or preset.student_model, width=width, depth=depth,
@@ -138,6 +150,12 @@ def command(
         artifact = train(store, config, image_set, label_store, teacher, data_root=data,
                          device=common.device, force=common.force, reporter=reporter,
                          eval_every=eval_every)
+    if key is not None:
+        remember(store, key, artifact)
+    _report(common, artifact, mode)
+
+
+def _report(common: Common, artifact: Artifact, mode: str) -> None:
     m = artifact.metrics
     info(f"student {artifact.short}{' (cached)' if artifact.cached else ''}")
     pool = (f"pool {m['label_rows']} rows, {m['label_pool_bytes']:,} bytes on disk, "

@@ -16,12 +16,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lpld_cli.data import fashion_pairs
+from lpld_cli.data.geometry import FolderInfo, image_files, inspect_folder, recipe_for
 from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.device import loader_workers
 from lpld_cli.errors import ConfigError, DataFormatError, DataNotFoundError
@@ -323,7 +325,8 @@ def _load_idx_dataset(name: str, data: str | None) -> RealData:
                     test_images=arrays["test"][0], test_labels=arrays["test"][1])
 
 
-def _load_folder_dataset(name: str, data: str | None) -> RealData:
+def _load_folder_dataset(name: str, data: str | None, preset: Preset | None = None
+                         ) -> RealData:
     from torchvision.datasets import ImageFolder
 
     if data is None:
@@ -333,7 +336,7 @@ def _load_folder_dataset(name: str, data: str | None) -> RealData:
     if not (root / "train").is_dir():
         raise DataNotFoundError(f"{root / 'train'} does not exist",
                                 f"{name} needs train/ and val/ class folders under --data")
-    preset = get_preset(name)
+    preset = preset or get_preset(name)
     train = ImageFolder(str(root / "train"), transform=_folder_transform(preset, augment=True))
     class_names = list(train.classes)
     if name == "tiny-imagenet":
@@ -365,8 +368,14 @@ def _tiny_val(root: Path, class_to_idx: dict[str, int], transform) -> Dataset:
     return _SampleList(samples, transform)
 
 
-def load_dataset(name: str, data: str | None = None) -> RealData:
-    """Load a dataset by name; nothing is downloaded."""
+def load_dataset(name: str, data: str | None = None,
+                 geometry: dict[str, Any] | None = None) -> RealData:
+    """Load a dataset by name; nothing is downloaded.
+
+    `imagefolder` takes its geometry from the data (`data/geometry.py`), or from
+    `geometry` (a teacher's data.json: image_size, channels, mean, std, recipe) so every
+    stage after squeeze sees the folder exactly as the teacher did.
+    """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}", f"choose one of: {', '.join(DATASETS)}")
     if name in ("fashion-mnist", "mnist"):
@@ -378,4 +387,70 @@ def load_dataset(name: str, data: str | None = None) -> RealData:
         return RealData(name, get_preset(name), fashion_pairs.class_names(base.class_names),
                         train_images=train_x, train_labels=train_y, test_images=test_x,
                         test_labels=test_y)
+    if name == "imagefolder":
+        return load_imagefolder(data, geometry)
     return _load_folder_dataset(name, data)
+
+
+# Small folders (at most this many pixel bytes, images <= 64 px) are decoded into memory:
+# the batched pad-crop-flip path of the IDX datasets instead of per-image DataLoader work.
+IN_MEMORY_BYTES = 1 << 30
+
+
+def load_imagefolder(data: str | None, geometry: dict[str, Any] | None = None,
+                     info: FolderInfo | None = None) -> RealData:
+    """A user's ImageFolder at its own (or the given) size and channels."""
+    geometry = dict(geometry or {})
+    data = data or geometry.get("root")  # the folder the teacher was trained on
+    if data is None:
+        raise DataNotFoundError("--data is required for imagefolder",
+                                "pass the folder holding train/ and val/")
+    if "image_size" not in geometry or "channels" not in geometry:
+        info = info or inspect_folder(data)
+        geometry.update(image_size=info.image_size, channels=info.channels)
+    size, channels = int(geometry["image_size"]), int(geometry["channels"])
+    recipe = get_preset(geometry.get("recipe") or recipe_for(size))
+    root = Path(data)
+    train_files, val_files = image_files(root, "train"), image_files(root, "val")
+    classes = sorted({c for c, _ in train_files})
+    if size <= 64 and (len(train_files) + len(val_files)) * size * size * channels \
+            <= IN_MEMORY_BYTES:
+        index = {c: i for i, c in enumerate(classes)}
+        train_x, train_y = _decode(train_files, index, size, channels)
+        test_x, test_y = _decode(val_files, index, size, channels)
+        mean, std = geometry.get("mean"), geometry.get("std")
+        if mean is None or std is None:
+            pixels = train_x.float().div_(255)
+            mean = pixels.mean(dim=(0, 2, 3)).tolist()
+            std = pixels.std(dim=(0, 2, 3)).tolist()
+        preset = replace(recipe, image_size=size, channels=channels,
+                         mean=tuple(round(m, 4) for m in mean),
+                         std=tuple(round(s, 4) for s in std))
+        return RealData("imagefolder", preset, classes, train_images=train_x,
+                        train_labels=train_y, test_images=test_x, test_labels=test_y)
+    mean, std = geometry.get("mean"), geometry.get("std")
+    if mean is None or std is None:
+        index = {c: i for i, c in enumerate(classes)}
+        step = max(1, len(train_files) // 1000)  # every k-th image: about 1,000 of them
+        pixels = _decode(train_files[::step], index, size, channels)[0].float().div_(255)
+        mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
+    preset = replace(recipe, image_size=size, channels=channels,
+                     mean=tuple(round(m, 4) for m in mean), std=tuple(round(s, 4) for s in std))
+    return replace(_load_folder_dataset("imagefolder", data, preset), name="imagefolder")
+
+
+def _decode(files: list[tuple[str, Path]], index: dict[str, int], size: int,
+            channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N, C, size, size] and int64 labels; converted and resized (bilinear) if needed."""
+    from PIL import Image
+
+    images = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
+    for i, (_, path) in enumerate(files):
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(img)
+        images[i] = torch.from_numpy(array.reshape(size, size, channels).copy()).permute(2, 0, 1)
+    labels = torch.tensor([index[c] for c, _ in files], dtype=torch.int64)
+    return images, labels

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lpld_cli.errors import ConfigError
+from lpld_cli.reports.units import UNITS, pick_unit
 from lpld_cli.storage.encoding import Encoding
 from lpld_cli.storage.labels import GROUP
 from lpld_cli.storage.store import Artifact, Store
@@ -17,7 +18,7 @@ from lpld_cli.storage.store import Artifact, Store
 
 def disk_bytes(artifact: Artifact) -> int:
     """The payload's bytes on disk, from the manifest."""
-    return sum(int(meta["bytes"]) for meta in artifact.manifest["files"].values())
+    return artifact.payload_bytes
 
 
 def pool_encoding(store: Store, student: Artifact) -> str | None:
@@ -65,6 +66,13 @@ def _group_name(row: dict[str, Any], with_dataset: bool, with_model: bool) -> st
     return name
 
 
+def _plain(value: float, _pos: object = None) -> str:
+    """A tick label without scientific notation: 0.01, 0.5, 20, 1,000."""
+    if value >= 1:
+        return f"{value:,.0f}" if value == round(value) else f"{value:,.1f}"
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Paper Fig. 1's view: top-1 against label storage (log x), one line per method.
 
@@ -91,7 +99,11 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
         groups.setdefault(_group_name(r, with_dataset, with_model), []).append(r)
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    stored_mb = [r["label_bytes"] / 1e6 for r in rows if r["labels"] == "stored"
+    # one readable unit for the storage axis (KB for Fashion-MNIST stores, GB for ImageNet)
+    unit = pick_unit([*(r["label_bytes"] for r in rows if r["labels"] == "stored"),
+                      *(r["image_bytes"] for r in rows)])
+    scale = UNITS[unit]
+    stored_mb = [r["label_bytes"] / scale for r in rows if r["labels"] == "stored"
                  and r["label_bytes"]]
     for i, (name, members) in enumerate(sorted(groups.items())):
         colour = colours[i % len(colours)]
@@ -103,7 +115,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
                     newest[key] = r
         stored = sorted(newest.values(), key=lambda r: r["label_bytes"])
         if stored:
-            xs = [r["label_bytes"] / 1e6 for r in stored]
+            xs = [r["label_bytes"] / scale for r in stored]
             ys = [100 * r["top1"] for r in stored]
             ax.plot(xs, ys, "o-", color=colour, label=f"{name} (stored labels)")
             for x, y, r in zip(xs, ys, stored, strict=True):
@@ -119,20 +131,21 @@ def plot_accuracy(rows: list[dict[str, Any]], path: str | Path) -> Path:
     images_mb = {}
     for r in rows:
         if r["image_bytes"]:
-            images_mb[f"images IPC{r['ipc']}"] = r["image_bytes"] / 1e6
+            images_mb[f"images IPC{r['ipc']}"] = r["image_bytes"] / scale
     for label, mb in sorted(images_mb.items()):
         ax.axvline(mb, color="grey", linestyle="-.", linewidth=0.8)
-        ax.annotate(f"{label}\n{mb:.3g} MB", (mb, 0.5), xycoords=("data", "axes fraction"),
+        ax.annotate(f"{label}\n{mb:,.3g} {unit}", (mb, 0.5), xycoords=("data", "axes fraction"),
                     fontsize=8, color="grey", ha="left", va="center", xytext=(3, 0),
                     textcoords="offset points")
     if stored_mb or images_mb:
         ax.set_xscale("log")
         span = [*stored_mb, *images_mb.values()]
         ax.set_xlim(min(span) / 2, max(span) * 2)  # at least a decade, points off the edges
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     else:  # only online/hard students: no storage axis to draw
         ax.set_xticks([])
-    ax.set_xlabel("label storage on disk (MB, log scale)")
+    ax.set_xlabel(f"label storage on disk ({unit}, log scale)")
     ax.set_ylabel("top-1 on the real test split (%)")
     ax.set_title("Student accuracy vs label storage")
     ax.grid(True, which="both", alpha=0.3)

@@ -104,7 +104,7 @@ def diversity(store: Store, artifacts: list[Artifact], *, data_root: str | None 
     task = reporter.task("diversity", len(artifacts))
     for teacher_id, group in by_teacher.items():
         teacher = load_teacher(store.get(teacher_id, kind="teacher"), device)
-        data = load_dataset(teacher.data["dataset"], data_root)
+        data = load_dataset(teacher.data["dataset"], data_root, teacher.data)
         real_images, real_labels = data.sample_train_images(real_per_class, seed)
         real = features(teacher, real_images, device)
         bandwidth = median_bandwidth(real)

@@ -25,14 +25,14 @@ HEADLINE: dict[str, tuple[str, ...]] = {
 }
 
 
-def lineage_rows(store: Store, ref: str) -> list[dict[str, Any]]:
+def lineage_rows(store: Store, ref: str, verify: bool = True) -> list[dict[str, Any]]:
     """The artifact `ref` and its ancestors back to the teacher, depth-first.
 
     Each row: depth, kind, id, key config, headline metrics; an ancestor reached twice
     (images are a parent of both the labels and the student) is listed once and then
-    marked `seen`.
+    marked `seen`. `verify` re-hashes the named artifact's payload first.
     """
-    root = store.get(ref)
+    root = store.get(ref, verify=verify)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
 

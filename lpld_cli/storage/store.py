@@ -79,6 +79,11 @@ class Artifact:
         return self.manifest.get("selectors", {})
 
     @property
+    def payload_bytes(self) -> int:
+        """Bytes of the payload files, as the manifest records them."""
+        return sum(int(meta["bytes"]) for meta in self.manifest["files"].values())
+
+    @property
     def short(self) -> str:
         return self.id[:12]
 
@@ -204,8 +209,17 @@ class Store:
     @contextlib.contextmanager
     def _lock(self, artifact_id: str) -> Iterator[None]:
         self.staging.mkdir(parents=True, exist_ok=True)
-        with open(self.staging / f"{artifact_id}.lock", "w") as handle:
+        path = self.staging / f"{artifact_id}.lock"
+        while True:
+            handle = open(path, "a")  # noqa: SIM115 - closed below or after the yield
             fcntl.flock(handle, fcntl.LOCK_EX)
+            try:  # `lpld gc` may have unlinked the file we waited on: lock the live one
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        with handle:
             try:
                 yield
             finally:

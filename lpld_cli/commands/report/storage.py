@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from lpld_cli.checks import parse_ratio
@@ -12,9 +11,8 @@ from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
 from lpld_cli.reports.storage import plan_row, storage_report
+from lpld_cli.reports.units import check_unit, in_unit, pick_unit
 from lpld_cli.storage.labels import COMPONENTS
-
-GIB = 1 << 30
 
 
 @common_options
@@ -47,12 +45,16 @@ def command(
     classes: Annotated[int | None, typer.Option(
         help="Number of classes (with --plan; known for the built-in datasets).",
         show_default=False)] = None,
+    unit: Annotated[str, typer.Option(
+        help="auto (a readable unit per table) | B | KB | MB | GB (binary: KB = 2^10 bytes).")
+                    ] = "auto",
     image_bytes: Annotated[int | None, typer.Option(
         help="Bytes per stored image (with --plan) [default: raw uint8 H*W*C, about what "
              "lossless PNG of synthetic images takes].", show_default=False)] = None,
 ) -> None:
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
+    forced = check_unit(unit)
     if plan is not None:
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
@@ -63,54 +65,60 @@ def command(
                          ratio=parse_ratio(ratio))]
     else:
         rows = storage_report(common.store, from_ or None)
-    emit({"report": "storage", "rows": rows}, common.json, human(rows))
+    emit({"report": "storage", "rows": rows}, common.json, human(rows, forced))
 
 
-def gb(n: int | None) -> str:
-    """Bytes as GB (2^30 bytes, the unit of the paper's tables), rounded sensibly."""
-    if n is None:
-        return "-"
-    x = n / GIB
-    if x == 0:
-        return "0"
-    return f"{x:.2f}" if x >= 1 else np.format_float_positional(x, precision=3,
-                                                                  fractional=False)
+def _unit(row: dict[str, Any], forced: str | None) -> str:
+    """The unit of one table: forced, else readable for the largest number in it."""
+    if forced:
+        return forced
+    values = [row.get("disk_bytes"), row.get("logical_bytes"), row.get("image_bytes"),
+              row.get("torch_save_bytes")]
+    values += [c[k] for c in row.get("components", {}).values()
+               for k in ("logical_bytes", "disk_bytes")]
+    return pick_unit(values)
 
 
-def human(rows: list[dict[str, Any]]) -> str:
+def human(rows: list[dict[str, Any]], unit: str | None = None) -> str:
     if not rows:
         return "no image sets or label stores in the store"
     out = []
     for row in rows:
+        u = _unit(row, unit)
+
+        def b(n: int | None, u: str = u) -> str:
+            return in_unit(n, u)
+
         if row["kind"] == "images":
             out.append(f"images {row['artifact'][:12]}  {row['dataset']} ipc {row['ipc']}: "
-                       f"{row['images']} images, {gb(row['disk_bytes'])} GB PNG "
-                       f"({gb(row['logical_bytes'])} GB pixels)")
+                       f"{row['images']} images, {b(row['disk_bytes'])} {u} PNG "
+                       f"({b(row['logical_bytes'])} {u} pixels)")
             continue
         name = ("plan" if row["kind"] == "plan" else f"labels {row['artifact'][:12]}")
         ratio = f", {row['ratio']:g}x" if row.get("ratio") not in (None, 1, 1.0) else ""
         out.append(f"{name}  {row['dataset']} ipc {row['ipc']}{ratio}: {row['rows']} rows of "
                    f"{row['batch_size']} x {row['num_classes']} classes, "
                    f"{row.get('encoding', row['logits_dtype'])} labels")
-        disk_head = "disk GB (uncompressed)" if row["kind"] == "plan" else "disk GB"
-        out.append(f"  {'component':<16} {'logical GB':>12} {disk_head:>24}")
+        disk_head = f"disk {u} (uncompressed)" if row["kind"] == "plan" else f"disk {u}"
+        out.append(f"  {'component':<16} {'logical ' + u:>12} {disk_head:>24}")
         for component in COMPONENTS:
             c = row["components"][component]
-            out.append(f"  {component:<16} {gb(c['logical_bytes']):>12} "
-                       f"{gb(c['disk_bytes']):>24}")
-        out.append(f"  {'total':<16} {gb(row['logical_bytes']):>12} "
-                   f"{gb(row['disk_bytes']):>24}")
+            out.append(f"  {component:<16} {b(c['logical_bytes']):>12} "
+                       f"{b(c['disk_bytes']):>24}")
+        out.append(f"  {'total':<16} {b(row['logical_bytes']):>12} "
+                   f"{b(row['disk_bytes']):>24}")
         ratio = row.get("label_to_image")
         per = (f" (estimate: {row['image_bytes_per_image']:,} bytes/image)"
                if "image_bytes_per_image" in row else " (PNG)")
-        out.append(f"  images {gb(row['image_bytes'])} GB{per}; label-to-image ratio "
+        out.append(f"  images {b(row['image_bytes'])} {u}{per}; label-to-image ratio "
                    + (f"{ratio:.1f}" if ratio is not None else "-"))
         ts = row["torch_save_bytes"]
         if ts is None:
             continue
         out.append(f"  torch.save layout (one file per batch, {row['torch_save_files']} files): "
-                   f"{gb(ts)} GB ({ts / max(row['disk_bytes'], 1):.2f}x "
+                   f"{b(ts)} {u} ({ts / max(row['disk_bytes'], 1):.2f}x "
                    + ("the uncompressed Zarr arrays)" if row["kind"] == "plan"
                       else "this store on disk)"))
-    out.append("GB = 2^30 bytes (as in the paper's tables); --json gives exact bytes")
+    out.append("KB, MB, GB = 2^10, 2^20, 2^30 bytes (GB as in the paper's tables); --unit picks "
+               "one; --json gives exact bytes")
     return "\n".join(out)
