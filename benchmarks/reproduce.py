@@ -71,14 +71,29 @@ class Settings:
     quick: bool
     seeds: list[int]
     ipcs: list[int]
-    ratios: list[float]  # Table 3
+    ratios: dict[int, list[float]]  # Table 3 (headline) ratios per IPC
     ablation_ratios: list[float]  # Table 4
     epochs: dict[int, int]  # relabel and train epochs per IPC
     recover_iterations: dict[int, int]  # per IPC
     teacher: dict[str, Any]
     pruned_ratio: float = 40.0  # Table 5a, bn-stats, baselines, IOR
-    metrics_ipc: int = 10  # Table 5a (the paper's is IPC10 too)
+    metrics_ipc: int = 10  # Table 5a (the paper's is IPC10 too); also Table 4, bn stats
+    metrics_seeds: list[int] = field(default_factory=list)  # Table 5a's scored cells
+    selections: list[str] = field(default_factory=lambda: list(SELECTIONS))  # Table 5a
+    # seeds of Table 4's rows 2-3 and the ema/exact pair (None: every seed)
+    side_seeds: list[int] | None = None
+    # IPCs whose image set and label store are made once (seed 0); seeds vary prune, train
+    shared_images: list[int] = field(default_factory=list)
+    online_ipcs: list[int] = field(default_factory=list)  # online-teacher upper bound
+    online: list[str] = field(default_factory=lambda: list(ONLINE))  # ... for these images
+    hard_ipcs: list[int] = field(default_factory=list)  # hard-label students
+    convergence: dict[int, list[int]] = field(default_factory=dict)  # IPC -> train epochs
     scaled_down: dict[str, str] = field(default_factory=dict)
+    cuts: dict[str, str] = field(default_factory=dict)
+
+    def image_seed(self, ipc: int, seed: int) -> int:
+        """The seed of the image set (and label store) a student of `seed` uses."""
+        return 0 if ipc in self.shared_images else seed
 
 
 def settings(quick: bool) -> Settings:
@@ -95,40 +110,48 @@ def settings(quick: bool) -> Settings:
                    "pretrained ResNet-18 on ImageNet-1K",
         "label pool for SRe²L/CDA": "their stored epochs pruned at random with `--granularity "
                                     "epoch` (the authors' released rule takes the first epochs)",
+        "IPCs": "10 and 50 (paper: also 20, 100, 200)",
     }
     if quick:
         teacher.update(teacher_epochs=2, train_subset=10000)
         return Settings(
-            quick=True, seeds=[0], ipcs=[10], ratios=[1.0, 40.0], ablation_ratios=[1.0, 40.0],
-            epochs={10: 30}, recover_iterations={10: 50}, teacher=teacher,
+            quick=True, seeds=[0, 1], ipcs=[10], ratios={10: [1.0, 40.0]},
+            ablation_ratios=[1.0, 40.0], epochs={10: 20}, recover_iterations={10: 30},
+            teacher=teacher, metrics_seeds=[0], online_ipcs=[10], hard_ipcs=[10],
+            convergence={10: [5, 10, 20, 40]},
             scaled_down={**common,
                          "quick run": "teacher on 10,000 images × 2 epochs, IPC10 only, ratios "
-                                      "1× and 40×, one seed, 50 recover iterations, 30 relabel "
+                                      "1× and 40×, two seeds, 30 recover iterations, 20 relabel "
                                       "and train epochs: a smoke test of every code path, not "
                                       "a measurement"})
+    # The preset's settings for every headline row (recover 500 iterations, relabel and
+    # train 300 epochs); the cuts below fit the plan to <= 2 h on the 2-core CPU (see
+    # `estimate`, from the per-stage times of the last measured run).
     return Settings(
-        quick=False, seeds=[0, 1, 2], ipcs=[10, 50], ratios=[1.0, 10.0, 20.0, 40.0, 100.0],
-        ablation_ratios=[1.0, 40.0, 100.0], epochs={10: 200, 50: 40},
-        recover_iterations={10: 200, 50: 80}, teacher=teacher,
-        scaled_down={**common,
-                     "recover iterations": "IPC10: 200, IPC50: 80 (paper: 4000 on ImageNet-1K; "
-                                           "preset: 500). One image-iteration costs ~1.6 ms "
-                                           "on the 2 cores (IPC10 at the preset's 500 takes "
-                                           "~79 s): at 500, the 12 IPC50 syntheses (4 methods "
-                                           "× 3 seeds) alone would take ~80 minutes",
-                     "relabel / train epochs": "IPC10: 200, IPC50: 40, i.e. 400 steps of batch 50 "
-                                               "per student (paper: 300 epochs). A step costs "
-                                               "~50 ms of one core, evaluation ~8 s: 225 "
-                                               "students at 300 epochs would take ~4 h on 2 "
-                                               "cores. Side effect at IPC50: an epoch-granularity "
-                                               "pool keeps at least one whole epoch (10 rows), so "
-                                               "at 100× it holds more rows than the batch pool "
-                                               "(4): see the label bytes rows",
-                     "online-teacher baseline": "LPLD and random real images only (the upper "
-                                                "bound; hard labels for every method)",
-                     "IPCs": "10 and 50 (paper: also 20, 100, 200)",
-                     "Table 4 ratios": "1×, 40×, 100× (paper: 1, 10, 20, 30, 50, 100×)",
-                     "Table 5a": "IPC10 only, as the paper"})
+        quick=False, seeds=[0, 1, 2], ipcs=[10, 50],
+        ratios={10: [1.0, 10.0, 40.0, 100.0], 50: [1.0, 40.0]},
+        ablation_ratios=[1.0, 40.0], epochs={10: p.train_epochs, 50: p.train_epochs},
+        recover_iterations={10: p.recover_iterations, 50: p.recover_iterations},
+        teacher=teacher, metrics_seeds=[0], shared_images=[50], online_ipcs=[10],
+        online=["lpld"], hard_ipcs=[], side_seeds=[0], selections=["easy", "hard"],
+        convergence={10: [50, 100, 200, 300, 600], 50: [300, 600]},
+        scaled_down=common,
+        cuts={"IPC50 ratios": "1× and 40× only (IPC10: 1×, 10×, 40×, 100×; paper: 1-100×)",
+              "IPC50 images and labels": "one synthesis (500 iterations: ~16 min of one core "
+                                         "each) and one 300-epoch label store per method, "
+                                         "seed 0; the three seeds vary prune and train",
+              "Table 4": "IPC10 only, ratios 1× and 40× (paper: 1, 10, 20, 30, 50, 100×)",
+              "Table 5a": "IPC10 at 40×; 5 metrics × easy/hard (uniform not run), one seed "
+                          "(0), random three seeds (its row is the headline LPLD 40×)",
+              "Table 4 rows 2-3 and the ema teacher": "one seed (0); rows 1 and 4 are the "
+                                                     "headline SRe²L and LPLD (three)",
+              "bn-stats ema/exact": "IPC10 at 1× and 40× only",
+              "online-teacher baseline": "IPC10 LPLD images only (the upper bound)",
+              "hard-label baseline and HLR": "not run (no claim rests on them)",
+              "IOR at 40× against an epoch-granularity real pool": "IPC10 only",
+              "convergence check": "LPLD 1×, seed 0, on the headline 300-epoch label store "
+                                   "(fewer epochs read its first epochs, 600 replays each "
+                                   "stored epoch twice); IPC50 at 300 and 600 epochs only"})
 
 
 # ------------------------------------------------------------------ the plan
@@ -147,18 +170,25 @@ class Plan:
 
     def student(self, variant: str, ipc: int, seed: int, mode: str = "stored",
                 ratio: float = 1.0, granularity: str | None = None, metric: str = "random",
-                select: str | None = None) -> tuple:
-        self.images.add((variant, ipc, seed))
+                select: str | None = None, epochs: int | None = None) -> tuple:
+        """Add a student (and its parents) to the plan; its key. `epochs`: a convergence
+        run's train epochs (None: the plan's)."""
+        img = (variant, ipc, self.s.image_seed(ipc, seed))
+        self.images.add(img)
         if mode != "stored":
             key = ("train", variant, ipc, seed, mode, None, None, None, None)
         elif ratio == 1.0:
-            self.labels.add((variant, ipc, seed))
+            self.labels.add((*img, None))
             key = ("train", variant, ipc, seed, "stored", 1.0, None, None, None)
         else:
-            self.labels.add((variant, ipc, seed))
+            self.labels.add((*img, None))
             granularity = granularity or GRANULARITY[variant]
             self.pruned.add((variant, ipc, seed, ratio, granularity, metric, select))
             key = ("train", variant, ipc, seed, "stored", ratio, granularity, metric, select)
+        if epochs is not None and epochs != self.s.epochs[ipc]:
+            # convergence: the plan's label store; E below its epochs reads its first E
+            # epochs (what an E-epoch relabel stores), E above replays them in turn
+            key = (*key, epochs)
         self.students[key] = {}
         return key
 
@@ -166,29 +196,35 @@ class Plan:
         s = self.s
         for ipc in s.ipcs:
             for seed in s.seeds:
-                for m in METHODS:  # Table 3
-                    for r in s.ratios:
+                for m in (*METHODS, "real"):  # Table 3 (headline) and the real control
+                    for r in s.ratios[ipc]:
                         self.student(m, ipc, seed, ratio=r)
-                for spec in TABLE4:
-                    for r in s.ablation_ratios:
-                        self.student(spec["variant"], ipc, seed, ratio=r,
-                                     granularity=spec["granularity"])
-                for v in (*METHODS, "real"):  # baselines and the real control
-                    self.student(v, ipc, seed, ratio=1.0)
-                    self.student(v, ipc, seed, ratio=s.pruned_ratio)
-                    self.student(v, ipc, seed, "hard")
-                    if v in ONLINE:
+                if ipc in s.online_ipcs:  # the upper bound (fresh stream per seed)
+                    for v in s.online:
                         self.student(v, ipc, seed, "online")
-                self.student("real", ipc, seed, ratio=s.pruned_ratio, granularity="epoch")
-        for seed in s.seeds:
-            ipc = s.metrics_ipc
-            for metric in SCORES:  # Table 5a
-                for sel in SELECTIONS:
-                    self.student("lpld", ipc, seed, ratio=s.pruned_ratio, metric=metric,
-                                 select=sel)
+                if ipc in s.hard_ipcs:
+                    for v in (*METHODS, "real"):
+                        self.student(v, ipc, seed, "hard")
+                if ipc == s.metrics_ipc:  # IOR at 40× for the epoch-pool methods: a real
+                    self.student("real", ipc, seed, ratio=s.pruned_ratio,  # subset, same pool
+                                 granularity="epoch")
+        ipc = s.metrics_ipc
+        for seed in (s.seeds if s.side_seeds is None else s.side_seeds):
+            for spec in TABLE4:  # ablation
+                for r in s.ablation_ratios:
+                    self.student(spec["variant"], ipc, seed, ratio=r,
+                                 granularity=spec["granularity"])
             for v in ("lpld", "lpld-ema"):  # bn stats
                 for r in (1.0, s.pruned_ratio):
                     self.student(v, ipc, seed, ratio=r)
+        for seed in s.metrics_seeds:
+            for metric in SCORES:  # Table 5a
+                for sel in s.selections:
+                    self.student("lpld", ipc, seed, ratio=s.pruned_ratio, metric=metric,
+                                 select=sel)
+        for cipc, epochs in s.convergence.items():
+            for e in epochs:
+                self.student("lpld", cipc, s.seeds[0], epochs=e)
 
     # ---------------------------------------------------------------- tasks
     def recover_tasks(self, teachers: dict[str, str]) -> dict[tuple, dict[str, Any]]:
@@ -204,18 +240,21 @@ class Plan:
 
     def relabel_tasks(self, images: dict[tuple, str]) -> dict[tuple, dict[str, Any]]:
         p = self.preset
-        return {("relabel", *k): {
-            "stage": "relabel", "images": images[k],
-            "config": {"epochs": self.s.epochs[k[1]], "batch_size": p.relabel_batch_size,
-                       "mix": p.mix, "seed": k[2]}}
-            for k in sorted(self.labels, key=lambda k: (-k[1], k))}
+        tasks = {}
+        for variant, ipc, seed, epochs in sorted(self.labels, key=lambda k: (-k[1], str(k))):
+            tasks[("relabel", variant, ipc, seed, epochs)] = {
+                "stage": "relabel", "images": images[(variant, ipc, seed)],
+                "config": {"epochs": epochs or self.s.epochs[ipc],
+                           "batch_size": p.relabel_batch_size, "mix": p.mix, "seed": seed}}
+        return tasks
 
     def prune_tasks(self, labels: dict[tuple, str]) -> dict[tuple, dict[str, Any]]:
         tasks = {}
         for key in sorted(self.pruned, key=lambda k: (-k[1], str(k))):
             variant, ipc, seed, ratio, granularity, metric, select = key
             tasks[("prune", *key)] = {
-                "stage": "prune", "labels": labels[(variant, ipc, seed)],
+                "stage": "prune",
+                "labels": labels[(variant, ipc, self.s.image_seed(ipc, seed), None)],
                 "config": {"ratio": ratio, "granularity": granularity, "metric": metric,
                            "select": select, "seed": seed}}
         return tasks
@@ -226,22 +265,127 @@ class Plan:
         p = self.preset
         tasks = {}
         for key in sorted(self.students, key=lambda k: (-k[2], str(k))):
-            _, variant, ipc, seed, mode, ratio, granularity, metric, select = key
+            _, variant, ipc, seed, mode, ratio, granularity, metric, select = key[:9]
+            epochs = key[9] if len(key) > 9 else self.s.epochs[ipc]
             cfg = {"dataset": DATASET, "model": p.student_model, "labels": mode,
-                   "epochs": self.s.epochs[ipc], "batch_size": p.train_batch_size,
+                   "epochs": epochs, "batch_size": p.train_batch_size,
                    "temperature": p.temperature, "optimizer": p.optimizer, "lr": p.lr,
                    "weight_decay": p.weight_decay, "warmup_epochs": p.warmup_epochs,
                    "mix": p.mix, "seed": seed}
-            task: dict[str, Any] = {"stage": "train", "images": images[(variant, ipc, seed)],
-                                    "config": cfg}
+            task: dict[str, Any] = {
+                "stage": "train", "config": cfg,
+                "images": images[(variant, ipc, self.s.image_seed(ipc, seed))]}
             if mode == "stored":
-                task["labels"] = (labels[(variant, ipc, seed)] if ratio == 1.0 else
+                store_key = (variant, ipc, self.s.image_seed(ipc, seed), None)
+                task["labels"] = (labels[store_key] if ratio == 1.0 else
                                   pruned[(variant, ipc, seed, ratio, granularity, metric,
                                           select)])
             elif mode == "online":
                 task["teacher"] = teachers[VARIANTS[variant]["teacher"]]
             tasks[key] = task
         return tasks
+
+
+# ------------------------------------------------------------------ time estimate
+REFERENCE = Path(__file__).resolve().parent / "results" / "reproduce.json"
+
+
+def stage_rates(reference: dict[str, Any]) -> dict[str, Any]:
+    """Per-stage costs measured in a finished run's JSON (its uncached runs): recover
+    seconds per image-iteration per IPC, relabel seconds per row, train seconds per step
+    per label mode and per-student overhead (load + evaluation), prune seconds."""
+    meta = reference["meta"]
+    rec: dict[int, list[float]] = {}
+    relabel, prune, overhead = [], [], []
+    step: dict[str, list[float]] = {}
+    for run in reference["runs"]:
+        key, m, sec = run["key"], run["metrics"], run["seconds"]
+        if run.get("cached"):
+            continue
+        if key[0] == "recover" and key[1] != "real":
+            ipc = int(key[2])
+            rec.setdefault(ipc, []).append(
+                sec / (m["images"] * meta["recover_iterations"][str(ipc)]))
+        elif key[0] == "relabel" and m.get("rows"):
+            relabel.append(sec / m["rows"])
+        elif key[0] == "prune":
+            prune.append(sec)
+        elif key[0] == "train" and m.get("steps") and m.get("train_seconds") is not None:
+            step.setdefault(key[4], []).append(m["train_seconds"] / m["steps"])
+            overhead.append(sec - m["train_seconds"])
+
+    def avg(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    return {"recover_per_image_iteration": {ipc: avg(v) for ipc, v in rec.items()},
+            "relabel_per_row": avg(relabel), "prune": avg(prune),
+            "train_per_step": {mode: avg(v) for mode, v in step.items()},
+            "train_overhead": avg(overhead),
+            "measured": f"{meta['command']} on {meta['finished']} "
+                        f"({meta['device']['name']}, {meta['jobs']} workers × "
+                        f"{meta['threads']} thread)"}
+
+
+def _wall(costs: list[float], jobs: int) -> float:
+    """A phase's wall time: longest task first onto the least loaded of `jobs` workers."""
+    load = [0.0] * jobs
+    for c in sorted(costs, reverse=True):
+        load[load.index(min(load))] += c
+    return max(load) if load else 0.0
+
+
+def estimate(plan: Plan, rates: dict[str, Any], jobs: int,
+             extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """The plan's time from measured per-stage rates: per phase, the sum of task costs
+    (worker-seconds) and the wall time on `jobs` workers (phases run one after another)."""
+    s, p = plan.s, plan.preset
+
+    def rows_per_epoch(ipc: int) -> int:
+        return -(-ipc * 10 // p.relabel_batch_size)
+
+    def recover_rate(ipc: int) -> float:
+        table = rates["recover_per_image_iteration"]
+        near = min(table, key=lambda k: abs(int(k) - ipc))
+        return table[near]
+
+    costs: dict[str, list[float]] = {"recover": [], "relabel": [], "prune": [], "train": []}
+    for variant, ipc, _seed in plan.images:
+        synth = VARIANTS[variant]["recover"]["method"] != "real"
+        costs["recover"].append(recover_rate(ipc) * ipc * 10 * s.recover_iterations[ipc]
+                                if synth else 1.0)
+    for _v, ipc, _seed, epochs in plan.labels:
+        costs["relabel"].append(rates["relabel_per_row"] * (epochs or s.epochs[ipc])
+                                * rows_per_epoch(ipc))
+    costs["prune"] = [rates["prune"]] * len(plan.pruned)
+    per_step = rates["train_per_step"]
+    for key in plan.students:
+        ipc, mode = key[2], key[4]
+        epochs = key[9] if len(key) > 9 else s.epochs[ipc]
+        steps = epochs * -(-ipc * 10 // p.train_batch_size)
+        costs["train"].append(rates["train_overhead"]
+                              + steps * per_step.get(mode, per_step["stored"]))
+    phases = {name: {"tasks": len(c), "worker_seconds": round(sum(c)),
+                     "wall_seconds": round(_wall(c, jobs))} for name, c in costs.items()}
+    for name, seconds in (extra or {}).items():
+        phases[name] = {"tasks": 1, "worker_seconds": round(seconds),
+                        "wall_seconds": round(seconds)}
+    total = sum(ph["wall_seconds"] for ph in phases.values())
+    return {"jobs": jobs, "phases": phases, "wall_seconds": total,
+            "wall_hours": round(total / 3600, 2), "rates_from": rates["measured"],
+            "assumes": "the teacher already in the store (else + its squeeze), an idle CPU"}
+
+
+def plan_estimate(plan: Plan, jobs: int, mechanism: bool) -> dict[str, Any]:
+    """`estimate` from the reference run, with the mechanism script and diversity."""
+    import json
+
+    from benchmarks import mechanism as mech
+
+    rates = stage_rates(json.loads(REFERENCE.read_text()))
+    extra = {"diversity": 60.0}
+    if mechanism:
+        extra["mechanism"] = mech.estimate_seconds(plan.s.quick, rates, jobs)
+    return estimate(plan, rates, jobs, extra)
 
 
 # ------------------------------------------------------------------ tables
@@ -282,31 +426,35 @@ class Tables:
         return mean_std(r["top1"] - other[r["seed"]] for r in a if r["seed"] in other)
 
     def table3(self) -> dict[str, Any]:
+        methods = [*METHODS, "real"]
         rows = [{"ipc": ipc, "method": m, "ratio": r, "granularity": GRANULARITY[m],
                  **self.cell(self.runs(m, ipc, ratio=r))}
-                for ipc in self.s.ipcs for m in METHODS for r in self.s.ratios]
-        return {"ipcs": self.s.ipcs, "ratios": self.s.ratios, "methods": list(METHODS),
+                for ipc in self.s.ipcs for m in methods for r in self.s.ratios[ipc]]
+        every = sorted({r for ipc in self.s.ipcs for r in self.s.ratios[ipc]})
+        return {"ipcs": self.s.ipcs, "ratios": every, "methods": methods,
+                "ratios_by_ipc": {str(ipc): self.s.ratios[ipc] for ipc in self.s.ipcs},
                 "rows": rows}
 
     def table4(self) -> dict[str, Any]:
         rows = [{"ipc": ipc, "row": spec["row"], "label": spec["label"], "ratio": r,
                  **self.cell(self.runs(spec["variant"], ipc, ratio=r,
                                        granularity=spec["granularity"]))}
-                for ipc in self.s.ipcs for spec in TABLE4 for r in self.s.ablation_ratios]
-        return {"ipcs": self.s.ipcs, "ratios": self.s.ablation_ratios,
+                for ipc in [self.s.metrics_ipc] for spec in TABLE4
+                for r in self.s.ablation_ratios]
+        return {"ipcs": [self.s.metrics_ipc], "ratios": self.s.ablation_ratios,
                 "variants": [dict(spec) for spec in TABLE4], "rows": rows}
 
     def table5a(self) -> dict[str, Any]:
         ipc, ratio = self.s.metrics_ipc, self.s.pruned_ratio
         rows = [{"metric": m, "select": sel, **self.cell(self.runs(
             "lpld", ipc, ratio=ratio, metric=m, select=sel))}
-            for m in SCORES for sel in SELECTIONS]
+            for m in SCORES for sel in self.s.selections]
         random = {"metric": "random", "select": None,
                   **self.cell(self.runs("lpld", ipc, ratio=ratio))}
         scored = [r for r in rows if r["top1"]["mean"] is not None]
         best = max(scored, key=lambda r: r["top1"]["mean"]) if scored else None
         return {"ipc": ipc, "ratio": ratio, "granularity": "batch", "metrics": list(SCORES),
-                "selections": list(SELECTIONS), "rows": [*rows, random],
+                "selections": list(self.s.selections), "rows": [*rows, random],
                 "best": ({"metric": best["metric"], "select": best["select"],
                           "top1": best["top1"]} if best else None),
                 "best_minus_random": (best["top1"]["mean"] - random["top1"]["mean"]
@@ -316,8 +464,8 @@ class Tables:
         ipc, ratios = self.s.metrics_ipc, [1.0, self.s.pruned_ratio]
         rows = []
         for mode, variant in (("exact", "lpld"), ("ema", "lpld-ema")):
-            self_top1 = mean_std(images_metrics[(variant, ipc, seed)]["self_top1"]
-                                 for seed in self.s.seeds)
+            self_top1 = mean_std(images_metrics[(variant, ipc, self.s.image_seed(ipc, seed))]
+                                 ["self_top1"] for seed in self.s.seeds)
             for r in ratios:
                 rows.append({"bn_stats": mode, "ratio": r, "self_top1": self_top1,
                              **self.cell(self.runs(variant, ipc, ratio=r))})
@@ -333,7 +481,8 @@ class Tables:
                              "stored_pruned": self.cell(self.runs(v, ipc, ratio=ratio))["top1"],
                              "pruned_granularity": GRANULARITY[v],
                              "online": (self.cell(self.runs(v, ipc, "online"))["top1"]
-                                        if v in ONLINE else None),
+                                        if v in self.s.online and ipc in self.s.online_ipcs
+                                        else None),
                              "hard": self.cell(self.runs(v, ipc, "hard"))["top1"]})
         return {"ratio": ratio, "rows": rows}
 
@@ -363,11 +512,14 @@ class Tables:
         rows = []
         for ipc in self.s.ipcs:
             for v in VARIANTS:
-                keys = [(v, ipc, seed) for seed in self.s.seeds]
+                keys = sorted({(v, ipc, self.s.image_seed(ipc, seed)) for seed in self.s.seeds})
                 if not all(k in self.diversity_rows for k in keys):
                     continue
                 rows.append({"ipc": ipc, "method": v,
-                             "cosine": mean_std(self.diversity_rows[k]["cosine"] for k in keys),
+                             "cosine": {**mean_std(self.diversity_rows[k]["cosine"]
+                                                   for k in keys),
+                                        "per_seed": {k[2]: self.diversity_rows[k]["cosine"]
+                                                     for k in keys}},
                              "mmd2": mean_std(self.diversity_rows[k]["mmd2"] for k in keys),
                              "self_top1": mean_std(images_metrics[k]["self_top1"]
                                                    for k in keys)})
@@ -380,6 +532,25 @@ class Tables:
                               "with the median-heuristic bandwidth of the real sample."}
 
 
+    def convergence(self) -> dict[str, Any]:
+        """Top-1 vs train epochs (LPLD 1×, seed s.seeds[0]): is the budget on the plateau?"""
+        rows = []
+        seed = self.s.seeds[0]
+        for ipc, epochs in self.s.convergence.items():
+            for e in epochs:
+                key = ("train", "lpld", ipc, seed, "stored", 1.0, None, None, None)
+                if e != self.s.epochs[ipc]:
+                    key = (*key, e)
+                run = self.r.get(key)
+                rows.append({"ipc": ipc, "epochs": e, "seed": seed,
+                             "steps": run["metrics"].get("steps") if run else None,
+                             "top1": run["metrics"]["top1"] if run else None})
+        return {"budget": {str(k): v for k, v in self.s.epochs.items()}, "rows": rows,
+                "what": "LPLD images, 1× stored labels (the plan's label store), one seed; "
+                        "fewer epochs than the plan's read the store's first epochs, more "
+                        "replay its epochs in turn"}
+
+
 def findings(t: dict[str, Any], s: Settings) -> list[str]:
     """Statements computed from the numbers, each beside the paper's claim."""
     out = []
@@ -390,9 +561,9 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
                    None)
         return row["top1"]["mean"] if row else None
 
-    hi = max(s.ratios)
     for ipc in s.ipcs:
-        cells = [(r, {m: top(ipc, m, r) for m in METHODS}) for r in s.ratios]
+        hi = max(s.ratios[ipc])
+        cells = [(r, {m: top(ipc, m, r) for m in METHODS}) for r in s.ratios[ipc]]
         wins = sum(1 for _, v in cells if None not in v.values()
                    and v["lpld"] >= max(v["sre2l"], v["cda"]))
         out.append(f"IPC{ipc}: LPLD is the best of the three methods at {wins} of {len(cells)} "
@@ -407,7 +578,7 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
                    f"minus random at {t5['ratio']:g}×: {100 * t5['best_minus_random']:+.1f} pp "
                    "(paper: no metric is better than random; best −0.1 pp).")
     t4 = t["table4"]
-    for ipc in s.ipcs:
+    for ipc in t4["ipcs"]:
         for r in (1.0, max(s.ablation_ratios)):
             seq = [next((x["top1"]["mean"] for x in t4["rows"] if x["ipc"] == ipc
                          and x["row"] == spec["row"] and x["ratio"] == r), None)
@@ -423,9 +594,9 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
         if row.get("online") and row["online"]["mean"] is not None and row["stored_1x"]["mean"]:
             gap = row["online"]["mean"] - row["stored_1x"]["mean"]
             out.append(f"Online teacher vs stored 1× labels, IPC{row['ipc']} {row['method']}: "
-                       f"{100 * gap:+.1f} pp. With the same seed and as many train as relabel "
-                       "epochs, the online teacher labels exactly the augmentations relabel "
-                       "stored, so this gap is the float16 rounding of the stored logits.")
+                       f"{100 * gap:+.1f} pp (the online teacher labels its own "
+                       "augmentation stream per seed, `--online-stream fresh`: the no-storage "
+                       "upper bound of stored labels).")
     div = {(r["ipc"], r["method"]): r for r in t["diversity"]["rows"]}
     for ipc in s.ipcs:
         a, b = div.get((ipc, "lpld")), div.get((ipc, "sre2l"))
@@ -483,7 +654,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=None,
                         help="worker processes (default: one per CPU core on CPU, 1 on CUDA)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the plan's time estimate (from the per-stage times of "
+                             "results/reproduce.json) and exit")
+    parser.add_argument("--no-mechanism", action="store_true",
+                        help="skip benchmarks/mechanism.py (run after the plan by default)")
     args = parser.parse_args(argv)
+    if args.estimate:
+        import json
+
+        s = settings(args.quick)
+        plan = Plan(s)
+        plan.build()
+        print(json.dumps(plan_estimate(plan, args.jobs or 2, not args.no_mechanism), indent=1))
+        return 0
 
     import torch
 
@@ -510,8 +694,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = Plan(s)
     plan.build()
+    planned = plan_estimate(plan, jobs, not args.no_mechanism)
     log(f"plan: {len(plan.images)} image sets, {len(plan.labels)} label stores, "
-        f"{len(plan.pruned)} pruned pools, {len(plan.students)} students")
+        f"{len(plan.pruned)} pruned pools, {len(plan.students)} students; estimated "
+        f"{planned['wall_hours']} h on {jobs} workers (from {planned['rates_from']})")
     runner = Runner(args.store, args.device, jobs, threads, args.data)
 
     runner.phase("recover", plan.recover_tasks(teachers), lambda k, r: (
@@ -541,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     t = Tables(s, runner, exact.metrics["top1"], diversity_rows)
     tables = {"table3": t.table3(), "table4": t.table4(), "table5a": t.table5a(),
               "bn_stats": t.bn_stats(images_metrics), "baselines": t.baselines(),
-              "robustness": t.robustness(), "diversity": t.diversity(images_metrics)}
+              "robustness": t.robustness(), "diversity": t.diversity(images_metrics),
+              "convergence": t.convergence()}
     if real_reference:
         tables["diversity"]["real_sample_cosine"] = real_reference["cosine"]
     info = device_info(device)
@@ -560,8 +747,9 @@ def main(argv: list[str] | None = None) -> int:
                  "seconds": round(time.perf_counter() - started, 1), "seeds": s.seeds,
                  "ipcs": s.ipcs, "epochs": {str(k): v for k, v in s.epochs.items()},
                  "recover_iterations": {str(k): v for k, v in s.recover_iterations.items()},
-                 "teacher_config": s.teacher,
-                 "scaled_down": s.scaled_down, "store": str(args.store)},
+                 "teacher_config": s.teacher, "plan": "issue-18", "cuts": s.cuts,
+                 "estimate": planned, "scaled_down": s.scaled_down,
+                 "store": str(args.store)},
         "teacher": {"id": exact.id, "ema_id": ema.id, "model": s.teacher["model"],
                     "top1": exact.metrics["top1"], "top5": exact.metrics.get("top5")},
         "tables": tables,
@@ -570,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     write_json(args.out / f"{name}.json", result)
+    if not args.no_mechanism:
+        from benchmarks import mechanism
+
+        mechanism.run(args, s.quick, args.store, jobs)
     target = regenerate_results(args.out)
     log(f"wrote {args.out / (name + '.json')}, {png} and {target} "
         f"in {(time.perf_counter() - started) / 60:.1f} min")

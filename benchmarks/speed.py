@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import dist_speed  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     DATASET,
     ROOT,
@@ -79,19 +80,6 @@ def figure(what: str, a_label: str, a: float, b_label: str, b: float, unit: str,
         out["note"] = (f"target ≥ {target:g}×: {'met' if ratio >= target else 'MISSED'}"
                        + (f"; {note}" if note else ""))
     return out
-
-
-def ranks_metrics(n: int, argv: list[str]) -> dict[str, Any]:
-    """Run `lpld argv --json` on n local ranks (one torch thread each); rank 0's metrics."""
-    from lpld_cli.dist import launch_local
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = launch_local([[*argv, "--json"]] * n, env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    outs = [p.communicate() for p in procs]
-    if any(p.returncode for p in procs):
-        raise RuntimeError(f"{n}-rank run failed: {[err[-2000:] for _, err in outs]}")
-    return json.loads(outs[0][0])["metrics"]
 
 
 def synchronize(device: Any) -> None:
@@ -342,20 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 "E = 30", rss[stage][30], "MB", note="flat memory: ratio ≈ 1")
         # -- dist: the same recover on 2 gloo ranks vs 1 process, one thread each
         if device.type == "cpu":
-            argv = ["recover", "--ipc", str(ipc), "--iterations", str(rec_iters),
-                    "--classes-per-step", "1", "--seed", "2", "--from", images.parents[0],
-                    "--device", "cpu", "--force", "--store", str(scratch.root)]
-            rates = {}
-            for n in (1, 2):
-                m = ranks_metrics(n, argv)
-                rates[n] = m["images"] / (m["seconds_per_class"] * m["classes"])
-                log(f"recover on {n} process(es): {rates[n]:.2f} images/s")
-            figures["dist_recover"] = figure(
-                f"recover images/s (IPC{ipc}, {rec_iters} iterations, one class per step), "
-                "gloo ranks of one thread", "2 processes", rates[2], "1 process", rates[1],
-                "images/s", target=1.7,
-                note=f"{os.cpu_count()} cores shared with other work while measured "
-                     f"(load average {os.getloadavg()[0]:.1f} at the end)")
+            figures.update(dist_speed.measure(scratch.root, teacher.id, ipc, rec_iters,
+                                              relabel_epochs))
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
 

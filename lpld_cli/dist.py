@@ -273,7 +273,7 @@ def shard(items: list, w: World | None = None) -> list:
 
 
 def launch_local(argvs: list[list[str]], env: dict[str, str] | None = None,
-                 **popen: Any) -> list:
+                 per_rank: list[dict[str, Any]] | None = None, **popen: Any) -> list:
     """Start `python -m lpld_cli argv` as rank r of len(argvs) on this machine, as torchrun
     would (RANK, WORLD_SIZE, MASTER_ADDR/PORT): the tests and the 1-vs-N benchmark."""
     import socket
@@ -289,5 +289,5 @@ def launch_local(argvs: list[list[str]], env: dict[str, str] | None = None,
         [sys.executable, "-m", "lpld_cli", *argv],
         env=base | {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n),
                     "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
-                    "MASTER_PORT": str(port)}, **popen)
+                    "MASTER_PORT": str(port)}, **popen, **(per_rank[r] if per_rank else {}))
         for r, argv in enumerate(argvs)]

@@ -223,12 +223,40 @@ def _roll(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+def bn_terms(captured: list[tuple[int, torch.Tensor]], k: int,
+             target_mean: list[torch.Tensor], target_var: list[torch.Tensor]
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The BN matching terms of Eq. 6 per layer and unit, before r_bn and the layer weight.
+
+    captured: (layer index l, layer l's input [k·n, C, h, w]) in forward order, k units of
+    n images; target_*[l]: [k, C]. Returns ([‖μ_l − μ*_l‖₂], [‖σ²_l − σ²*_l‖₂]), each a list
+    of [k] tensors in captured order, μ_l / σ²_l the biased batch statistics of each
+    unit's slice (as BN computes them).
+    """
+    means, variances = [], []
+    for i, inp in captured:
+        feats = inp.float().reshape(k, -1, inp.shape[1], inp[0, 0].numel())  # [k, n, C, h·w]
+        var, mu = torch.var_mean(feats, dim=(1, 3), correction=0)
+        means.append(torch.linalg.vector_norm(mu - target_mean[i], dim=1))
+        variances.append(torch.linalg.vector_norm(var - target_var[i], dim=1))
+    return means, variances
+
+
+# on_terms(iteration, images, ce [k], mean terms [L][k], variance terms [L][k]): the
+# objective's parts of every unit at each iteration (BN layers in forward order, the first
+# one weighted by first_bn_multiplier in the loss), measured before the step (detached).
+TermsHook = Callable[[int, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]],
+                     None]
+
+
 def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
                device: torch.device,
-               on_iteration: Callable[[int, float], None] | None = None) -> torch.Tensor:
+               on_iteration: Callable[[int, float], None] | None = None,
+               on_terms: TermsHook | None = None) -> torch.Tensor:
     """Optimise `units` (all the same size) together; their normalised images, in order.
 
-    Each unit's result does not depend on which units share its step.
+    Each unit's result does not depend on which units share its step. `on_terms`
+    (measurement only: benchmarks/mechanism.py) sees each iteration's loss terms.
     """
     if len({u.size for u in units}) != 1:
         raise ValueError("units in one step must have the same size")
@@ -244,14 +272,14 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
                    for i in range(len(layers))]
     target_var = [torch.stack([u.target_var[i] for u in units]).to(device)
                   for i in range(len(layers))]
-    weights = [config.first_bn_multiplier] + [1.0] * (len(layers) - 1)
     mean = torch.tensor(data["mean"], device=device).view(1, -1, 1, 1)
     std = torch.tensor(data["std"], device=device).view(1, -1, 1, 1)
     low, high = (0 - mean) / std, (1 - mean) / std
 
-    captured: list[torch.Tensor] = []
-    hooks = [bn.register_forward_pre_hook(lambda _m, inp: captured.append(inp[0]))
-             for bn in layers]
+    # (layer index, input) in the order the forward pass reaches the BN layers
+    captured: list[tuple[int, torch.Tensor]] = []
+    hooks = [bn.register_forward_pre_hook(
+        lambda _m, inp, i=i: captured.append((i, inp[0]))) for i, bn in enumerate(layers)]
     optimizer = torch.optim.Adam([x], lr=config.lr, betas=(0.5, 0.9), eps=1e-8)
     iterations = config.iterations
     try:
@@ -274,13 +302,14 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
             with autocast(device):
                 logits = model(view)
             ce = F.cross_entropy(logits.float(), labels, reduction="none").view(k, n).mean(1)
+            mean_terms, var_terms = bn_terms(captured, k, target_mean, target_var)
             bn_loss = torch.zeros(k, device=device)
-            for i, inp in enumerate(captured):
-                feats = inp.float().reshape(k, n, inp.shape[1], -1)  # [k, n, C, h·w]
-                var, mu = torch.var_mean(feats, dim=(1, 3), correction=0)  # biased, as BN
-                bn_loss = bn_loss + weights[i] * (
-                    torch.linalg.vector_norm(mu - target_mean[i], dim=1)
-                    + torch.linalg.vector_norm(var - target_var[i], dim=1))
+            for position in range(len(captured)):
+                weight = config.first_bn_multiplier if position == 0 else 1.0
+                bn_loss = bn_loss + weight * (mean_terms[position] + var_terms[position])
+            if on_terms is not None:
+                on_terms(it, x.detach(), ce.detach(), [t.detach() for t in mean_terms],
+                         [t.detach() for t in var_terms])
             loss = (ce + config.r_bn * bn_loss).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -50,6 +50,7 @@ from lpld_cli.storage.store import Artifact, Staging, Store
 from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
+ONLINE_STREAMS = ("fresh", "relabel")
 LOSSES = ("kl", "mse-gt")
 OPTIMIZERS = ("adamw", "sgd")
 # G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
@@ -80,6 +81,10 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up, then cosine per epoch
     mix: str = "cutmix"  # online/hard draw fresh rows with it; stored rows carry their own
     seed: int = 0
+    # --labels online only: "fresh" (None: the default) draws the online teacher's own
+    # augmentation stream per seed, the upper bound; "relabel" replays relabel's stream of
+    # the same seed (then online labels equal the unpruned store's: the equality check)
+    online_stream: str | None = None
     # LPQLD's temperature schedule (DKR) from `temperature` down to `temperature_min`,
     # the student's temperature (same | a number | auto: LPQLD's CA calibration), and
     # `hard_epochs` of cross-entropy on the classes in the middle of training (HALD)
@@ -98,13 +103,6 @@ class TrainConfig:
                                    repr(float(self.student_temperature)))
             except ValueError:
                 pass  # validate() reports it
-
-    def identity(self) -> dict[str, Any]:
-        """The canonical config; options still at their defaults are left out, so students
-        made before they existed keep their ids."""
-        return identity_dict(asdict(self), {
-            "temperature_schedule": "constant", "temperature_min": 2.0, "temperature_step": 30,
-            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0})
 
     def temperature_at(self, epoch: int) -> float:
         return temperature_at(self.temperature_schedule, epoch, self.epochs, self.temperature,
@@ -162,9 +160,29 @@ class TrainConfig:
                                   f"number (got {self.student_temperature!r})")
         if not 0 <= self.hard_epochs < self.epochs:
             raise ConfigError(f"--hard-epochs must be in [0, --epochs) (got {self.hard_epochs})")
+        if self.online_stream is not None:
+            if self.labels != "online":
+                raise ConfigError("--online-stream applies to --labels online only")
+            if self.online_stream not in ONLINE_STREAMS:
+                raise ConfigError(f"unknown --online-stream {self.online_stream!r}",
+                                  f"choose one of: {', '.join(ONLINE_STREAMS)}")
         if self.labels == "hard" and self.loss != "kl":
             raise ConfigError("--loss applies to soft labels only",
                               "--labels hard always uses cross-entropy on the classes")
+
+    def identity(self) -> dict[str, Any]:
+        """The config that names the student: online students name their stream (resolved),
+        the others carry no stream field (their ids are unchanged by it)."""
+        out = asdict(self)
+        if self.labels == "online":
+            out["online_stream"] = self.online_stream or "fresh"
+        else:
+            out.pop("online_stream")
+        # options still at their defaults are left out, so students made before the
+        # temperature options existed keep their ids
+        return identity_dict(out, {
+            "temperature_schedule": "constant", "temperature_min": 2.0, "temperature_step": 30,
+            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0})
 
 
 # ------------------------------------------------------------------------- losses
@@ -325,9 +343,11 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                 batches: Iterator[tuple[Row, SoftTarget | None]] = (
                     (b.row, b.target) for b in prefetch.epoch(epoch))
             else:
+                stream = ("online" if config.labels == "online"
+                          and (config.online_stream or "fresh") == "fresh" else "relabel")
                 batches = ((row, None) for row in epoch_rows(
                     len(x_all), config.batch_size, spec["image_size"], config.mix,
-                    config.seed, epoch))
+                    config.seed, epoch, stream))
             for row, stored in batches:
                 x = student_batch(x_all, row, spec["image_size"])
                 valid = row.valid

@@ -63,11 +63,15 @@ def test_reproduce_quick_tables(quick_results: Path) -> None:
     assert 0.5 < res["teacher"]["top1"] <= 1.0  # a real teacher, not chance (0.1)
     t = res["tables"]
     assert set(t) == {"table3", "table4", "table5a", "bn_stats", "baselines", "robustness",
-                      "diversity"}
+                      "diversity", "convergence"}
+    est = res["meta"]["estimate"]  # the plan's time, from the committed run's stage times
+    assert est["jobs"] >= 1 and 0 < est["wall_hours"] < 10
+    assert set(est["phases"]) >= {"recover", "relabel", "prune", "train", "mechanism"}
 
     t3 = t["table3"]
-    assert len(t3["rows"]) == len(t3["ipcs"]) * len(t3["methods"]) * len(t3["ratios"])
-    assert {r["method"] for r in t3["rows"]} == {"sre2l", "cda", "lpld"}
+    assert len(t3["rows"]) == sum(len(t3["methods"]) * len(t3["ratios_by_ipc"][str(ipc)])
+                                  for ipc in t3["ipcs"])
+    assert {r["method"] for r in t3["rows"]} == {"sre2l", "cda", "lpld", "real"}
     for r in t3["rows"]:
         _acc(r["top1"])
         assert r["ratio"] >= 1 and r["label_bytes"] > 0
@@ -110,6 +114,30 @@ def test_reproduce_quick_tables(quick_results: Path) -> None:
         assert _finite(r["mmd2"]["mean"]) and r["mmd2"]["mean"] >= -1e-6
     assert res["findings"] and (quick_results / "reproduce-quick.png").stat().st_size > 1000
 
+    conv = t["convergence"]["rows"]
+    assert [r["epochs"] for r in conv] == [5, 10, 20, 40]
+    for r in conv:
+        _acc({"mean": r["top1"], "std": 0.0, "n": 1})
+    # the plan's own epoch count is the headline LPLD 1× student of the same seed
+    head = next(x for x in t["table3"]["rows"] if x["method"] == "lpld" and x["ratio"] == 1.0)
+    assert next(r for r in conv if r["epochs"] == 20)["top1"] == head["per_seed"]["0"]
+
+
+def test_mechanism_quick(quick_results: Path) -> None:
+    res = json.loads((quick_results / "mechanism-quick.json").read_text())
+    rows = res["sweep"]["rows"]
+    assert {(r["method"], r["iterations"]) for r in rows} >= {
+        (m, it) for m in ("lpld", "sre2l") for it in res["meta"]["settings"]["iterations"]}
+    for r in rows:
+        assert -1 <= r["cosine"]["mean"] <= 1 and r["mmd2"]["mean"] >= -1e-6
+    layers = res["layers"]
+    for method in ("lpld", "sre2l"):
+        tr = res["trace"][method]
+        assert tr["objective"] and tr["class_wise"][-1]["iteration"] == tr["iterations"]
+        for point in tr["objective"] + tr["class_wise"]:
+            assert len(point["mean"]) == len(point["var"]) == len(layers)
+            assert all(_finite(v) and v >= 0 for v in point["mean"] + point["var"])
+    assert len(res["real_floor"]["var"]) == len(layers) and res["findings"]
 
 def test_speed_quick_figures(quick_results: Path) -> None:
     files = sorted(quick_results.glob("speed-*-quick.json"))
@@ -119,7 +147,8 @@ def test_speed_quick_figures(quick_results: Path) -> None:
     assert set(f) == {"recover", "relabel", "train_stored_vs_hard", "train_online_vs_hard",
                       "train_stored_vs_online", "label_wait", "storage", "storage_blocks",
                       "rss_relabel", "rss_train"} | (
-                          {"dist_recover"} if res["meta"]["device"]["type"] == "cpu" else set())
+                          {"dist_recover"} | ({"dist_relabel"} if "dist_relabel" in f else set())
+                          if res["meta"]["device"]["type"] == "cpu" else set())
     for key, fig in f.items():
         assert _finite(fig["a"]) and _finite(fig["b"]) and fig["b"] > 0, key
         assert _finite(fig["ratio"]) and fig["ratio"] > 0, key
@@ -135,7 +164,9 @@ def test_speed_quick_figures(quick_results: Path) -> None:
 def test_results_md_generated(quick_results: Path) -> None:
     text = results_md_path(quick_results).read_text()
     assert text.startswith("# lpld benchmark results") and "GENERATED" in text
-    for heading in ("Table 3 analogue", "Table 4 analogue", "Table 5a analogue",
+    assert text.index("## Verdicts on the paper's claims") < text.index("## Reproduction")
+    for heading in ("Convergence check", "Table 3 analogue", "Table 4 analogue",
+                    "Table 5a analogue",
                     "--bn-stats ema", "Label baselines", "IOR and HLR", "Diversity",
                     "Speed ratios"):
         assert heading in text, heading

@@ -27,6 +27,7 @@ from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.recover import (
     RecoverConfig,
     bn_targets,
+    bn_terms,
     class_unit,
     mixed_unit,
     recover,
@@ -71,6 +72,44 @@ def test_mixed_batches_stacked_equal_one_per_step(teacher: Teacher) -> None:
     assert (together - alone).abs().max() <= 1e-4
     # a unit's stream depends on its key only: the two mixed batches differ
     assert (alone[:10] - alone[10:]).abs().mean() > 0.1
+
+
+def test_bn_terms_match_batchnorm_batch_statistics() -> None:
+    """Oracle: a train-mode BatchNorm2d with momentum 1 stores each unit's batch mean and
+    unbiased variance; the terms are the L2 distances of those (biased) to the target."""
+    torch.manual_seed(0)
+    k, n, c, h = 3, 4, 5, 6
+    inp = torch.randn(k * n, c, h, h) * 2 + 1
+    t_mean, t_var = torch.randn(k, c), torch.rand(k, c) + 0.5
+    means, variances = bn_terms([(0, inp)], k, [t_mean], [t_var])
+    count = n * h * h
+    for u in range(k):
+        bn = torch.nn.BatchNorm2d(c, momentum=1.0).train()
+        bn(inp[u * n:(u + 1) * n])
+        biased = bn.running_var * (count - 1) / count
+        want_mean = float(((bn.running_mean - t_mean[u]) ** 2).sum().sqrt())
+        want_var = float(((biased - t_var[u]) ** 2).sum().sqrt())
+        assert abs(float(means[0][u]) - want_mean) < 1e-4
+        assert abs(float(variances[0][u]) - want_var) < 1e-4
+
+
+def test_terms_hook_reconstructs_the_objective_and_changes_nothing(teacher: Teacher) -> None:
+    config = _config(ipc=2, iterations=3, r_bn=0.3)
+    units = [class_unit(teacher, c, 2, "class") for c in range(3)]
+    losses, seen = [], []
+
+    def on_terms(it, images, ce, means, variances):
+        assert images.shape == (6, 1, 28, 28) and ce.shape == (3,)
+        w = [config.first_bn_multiplier] + [1.0] * (len(means) - 1)
+        bn = sum(wi * (m + v) for wi, m, v in zip(w, means, variances, strict=True))
+        seen.append(float((ce + config.r_bn * bn).sum()) / 3)
+
+    hooked = synthesize(teacher, config, units, CPU, lambda it, loss: losses.append(loss),
+                        on_terms)
+    plain = synthesize(teacher, config, units, CPU)
+    assert torch.equal(hooked, plain)
+    assert len(seen) == 3 and all(abs(a - b) < 1e-4 * max(1, abs(b))
+                                  for a, b in zip(seen, losses, strict=True))
 
 
 def test_class_target_uses_class_statistics(teacher: Teacher) -> None:

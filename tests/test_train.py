@@ -186,6 +186,39 @@ def test_online_equals_the_unpruned_store_it_would_have_written(pipeline: dict) 
     assert [_row_key(r) for r in rows] == [_row_key(pool.get(i)[0]) for i in (3, 4, 5)]
 
 
+def test_online_draws_its_own_stream_per_seed(pipeline: dict) -> None:
+    """The default online stream is not relabel's: no row of it is a stored row, and each
+    train seed draws another; `--online-stream relabel` replays the stored rows."""
+    pool = LabelPool.open(pipeline["full"])
+    stored = {_row_key(pool.get(i)[0]) for i in range(pool.rows)}
+    for seed in (0, 1):
+        fresh = [_row_key(r) for e in range(3)
+                 for r in augment.epoch_rows(40, 16, 28, "cutmix", seed, e, "online")]
+        assert not stored & set(fresh)
+    a = [_row_key(r) for r in augment.epoch_rows(40, 16, 28, "cutmix", 0, 1, "online")]
+    b = [_row_key(r) for r in augment.epoch_rows(40, 16, 28, "cutmix", 1, 1, "online")]
+    assert a != b
+
+
+def test_online_stream_names_the_student(pipeline: dict) -> None:
+    store, images, teacher = pipeline["store"], pipeline["images"], pipeline["teacher"]
+    base = replace(TINY, labels="online", epochs=1)
+    fresh = train(store, base, images, None, teacher)
+    replay = train(store, replace(base, online_stream="relabel"), images, None, teacher)
+    assert fresh.config["online_stream"] == "fresh" and replay.config["online_stream"] == "relabel"
+    assert fresh.id != replay.id
+    w1 = load_file(str(fresh.file("weights.safetensors")))
+    w2 = load_file(str(replay.file("weights.safetensors")))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # other augmentations were seen
+    explicit = train(store, replace(base, online_stream="fresh"), images, None, teacher)
+    assert explicit.cached and explicit.id == fresh.id
+    assert "online_stream" not in TINY.identity()  # stored / hard students keep their ids
+    with pytest.raises(ConfigError, match="online only"):
+        replace(TINY, online_stream="fresh").validate()
+    with pytest.raises(ConfigError, match="unknown --online-stream"):
+        replace(base, online_stream="stale").validate()
+
+
 # ------------------------------------------------------------------------- resume
 class _StopAfter:
     """A reporter whose epoch task raises after `n` epochs (an interrupted run)."""

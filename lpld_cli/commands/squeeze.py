@@ -54,8 +54,10 @@ def command(
              "imagenet-1k, …) [default: by image size: ≤32 px fashion-mnist's ConvNet recipe, "
              "≤64 px tiny-imagenet's, larger imagenet-1k's].", show_default=False)] = None,
     bn_stats: Annotated[str, typer.Option(
-        help="Class-wise BN statistics: exact (pooled over the pass, float64) or ema "
-             "(the authors' per-batch EMA, momentum 0.1).")] = "exact",
+        help="Class-wise BN statistics: exact (pooled over the pass; exact integer sums, "
+             "the same bits on any number of torchrun ranks) or ema (the authors' per-batch "
+             "EMA, momentum 0.1: one ordered pass, so under torchrun rank 0 runs it alone).")
+    ] = "exact",
 ) -> None:
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
     options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}

@@ -30,6 +30,11 @@ def command(
              "step: the no-storage upper bound); or `hard` (cross-entropy on the classes, "
              "λ-mixed under CutMix; no teacher) [default: the newest label store matching "
              "--ipc/--ratio].", show_default=False)] = None,
+    online_stream: Annotated[str | None, typer.Option(
+        help="With --labels online: fresh (the teacher labels its own augmentation stream "
+             "per --seed: the upper bound) or relabel (relabel's stream of the same seed: "
+             "equals the unpruned store's labels) [default: fresh].",
+        show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Only consider artifacts of this dataset [default: any].",
         show_default=False)] = None,
@@ -142,10 +147,10 @@ def command(
         optimizer=optimizer or preset.optimizer, lr=preset.lr if lr is None else lr,
         weight_decay=preset.weight_decay if weight_decay is None else weight_decay,
         warmup_epochs=preset.warmup_epochs if warmup_epochs is None else warmup_epochs,
-        mix=preset.mix, seed=common.seed, temperature_schedule=temperature_schedule,
-        temperature_min=temperature_min, temperature_step=temperature_step,
-        temperature_gamma=temperature_gamma, student_temperature=student_temperature,
-        hard_epochs=hard_epochs)
+        mix=preset.mix, seed=common.seed, online_stream=online_stream,
+        temperature_schedule=temperature_schedule, temperature_min=temperature_min,
+        temperature_step=temperature_step, temperature_gamma=temperature_gamma,
+        student_temperature=student_temperature, hard_epochs=hard_epochs)
     with RichReporter() as reporter:
         artifact = train(store, config, image_set, label_store, teacher, data_root=data,
                          device=common.device, force=common.force, reporter=reporter,

@@ -169,20 +169,22 @@ def normalise(images: torch.Tensor, mean: list[float] | tuple[float, ...],
     return (x - m) / s
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch: seeded by (seed, epoch) so any epoch can be redrawn."""
-    digest = hashlib.sha256(f"lpld-relabel:{seed}:{epoch}".encode()).digest()
+def epoch_generator(seed: int, epoch: int, stream: str = "relabel") -> torch.Generator:
+    """The generator of one epoch: seeded by (stream, seed, epoch) so any epoch can be
+    redrawn. `stream` "relabel" is what relabel stores; "online" is the online teacher's
+    own stream (train --labels online), independent of every stored one."""
+    digest = hashlib.sha256(f"lpld-{stream}:{seed}:{epoch}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def epoch_rows(num_images: int, batch_size: int, image_size: int, mix: str, seed: int,
-               epoch: int) -> Iterator[Row]:
+               epoch: int, stream: str = "relabel") -> Iterator[Row]:
     """Every row of one epoch: a fresh permutation, then one `draw_row` per batch.
 
     The last batch is incomplete when B does not divide N: its empty slots
     (image_index −1) sit at the end of the row.
     """
-    generator = epoch_generator(seed, epoch)
+    generator = epoch_generator(seed, epoch, stream)
     order = torch.randperm(num_images, generator=generator).to(torch.int32)
     for start in range(0, num_images, batch_size):
         index = torch.full((batch_size,), -1, dtype=torch.int32)

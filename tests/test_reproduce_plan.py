@@ -1,0 +1,148 @@
+"""benchmarks/reproduce.py's plan (issue 18): the headline rows at the preset's settings, the
+stated cuts, and the time estimate against a hand computation. No stage runs here."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.mechanism import sweep_settings, sweep_tasks
+from benchmarks.reproduce import Plan, Settings, _wall, estimate, settings
+from lpld_cli.data.presets import get_preset
+
+P = get_preset("fashion-mnist")
+
+
+def _full() -> Plan:
+    plan = Plan(settings(quick=False))
+    plan.build()
+    return plan
+
+
+def test_headline_rows_at_preset_settings() -> None:
+    plan = _full()
+    tasks = plan.train_tasks({"exact": "T", "ema": "E"},
+                             {k: f"img{k}" for k in plan.images},
+                             {k: f"lab{k}" for k in plan.labels},
+                             {k: f"pr{k}" for k in plan.pruned})
+    for m in ("sre2l", "cda", "lpld", "real"):
+        for ipc, ratios in ((10, (1.0, 10.0, 40.0, 100.0)), (50, (1.0, 40.0))):
+            for r in ratios:
+                for seed in (0, 1, 2):
+                    if r == 1.0:
+                        key = ("train", m, ipc, seed, "stored", 1.0, None, None, None)
+                    else:
+                        g = "epoch" if m in ("sre2l", "cda") else "batch"
+                        key = ("train", m, ipc, seed, "stored", r, g, "random", None)
+                    assert key in tasks, key
+                    assert tasks[key]["config"]["epochs"] == P.train_epochs == 300
+    # an IPC50 student: 500 images / batch 50 × 300 epochs = 3,000 steps
+    assert 500 // P.train_batch_size * P.train_epochs == 3000
+    recovers = plan.recover_tasks({"exact": "T", "ema": "E"})
+    for key, task in recovers.items():
+        if key[1] != "real":
+            assert task["config"]["iterations"] == P.recover_iterations == 500
+    relabels = plan.relabel_tasks(dict.fromkeys(plan.images, "img"))
+    assert {t["config"]["epochs"] for t in relabels.values()} == {300}
+
+
+def test_cuts_are_stated_and_convergence_planned() -> None:
+    s = settings(quick=False)
+    assert s.cuts and all(isinstance(v, str) and v for v in s.cuts.values())
+    plan = _full()
+    conv = [k for k in plan.students if len(k) == 10]
+    assert {(k[2], k[9]) for k in conv} == {(10, 50), (10, 100), (10, 200), (10, 600),
+                                            (50, 600)}
+
+
+def test_lpt_wall_by_hand() -> None:
+    # 3, 3 to the two workers, then 2 → 5 / 5, 2 → 7: the longest worker carries 7
+    assert _wall([2, 3, 2, 3, 2], 2) == 7
+    assert _wall([5], 4) == 5 and _wall([], 2) == 0
+
+
+def test_estimate_by_hand() -> None:
+    s = Settings(quick=False, seeds=[0], ipcs=[10], ratios={10: [1.0]}, ablation_ratios=[],
+                 epochs={10: 10}, recover_iterations={10: 20}, teacher={}, side_seeds=[],
+                 selections=[], online_ipcs=[], hard_ipcs=[], convergence={})
+    plan = Plan(s)
+    plan.build()
+    # sre2l, cda, lpld, real at 1×, and real at 40× (epoch pool: IOR of the epoch methods)
+    assert len(plan.students) == 5 and len(plan.images) == 4 and len(plan.pruned) == 1
+    rates = {"recover_per_image_iteration": {10: 0.01}, "relabel_per_row": 0.5,
+             "prune": 3.0, "train_per_step": {"stored": 0.1}, "train_overhead": 4.0,
+             "measured": "hand"}
+    est = estimate(plan, rates, 2, {"extra": 7.0})
+    ph = est["phases"]
+    # recover: three syntheses of 100 images × 20 iterations × 0.01 s = 20 s, real 1 s;
+    # LPT on 2 workers: 20 | 20, then 20 → 40, 1 → 21
+    assert ph["recover"] == {"tasks": 4, "worker_seconds": 61, "wall_seconds": 40}
+    # relabel: 10 epochs × 2 rows × 0.5 s = 10 s per store, 4 stores
+    assert ph["relabel"] == {"tasks": 4, "worker_seconds": 40, "wall_seconds": 20}
+    assert ph["prune"] == {"tasks": 1, "worker_seconds": 3, "wall_seconds": 3}
+    # train: 4 s + 20 steps × 0.1 s = 6 s per student, 5 students: 6+6 | 6+6, then 6
+    assert ph["train"] == {"tasks": 5, "worker_seconds": 30, "wall_seconds": 18}
+    assert est["wall_seconds"] == 40 + 20 + 3 + 18 + 7
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_mechanism_sweep_points(quick: bool) -> None:
+    sw = sweep_settings(quick)
+    tasks = sweep_tasks(sw, "T")
+    points = {(k[0], k[1], k[2]) for k in tasks}
+    for m in ("lpld", "sre2l"):
+        for it in sw["iterations"]:
+            assert (m, it, sw["r_bn_default"]) in points
+        for r in sw["r_bn"]:
+            assert (m, sw["at_iterations"], r) in points
+    # the preset point leaves r_bn implicit: the same artifact as the reproduction's images
+    preset = tasks[("lpld", sw["at_iterations"], sw["r_bn_default"], 0)]["config"]
+    assert "r_bn" not in preset
+    if not quick:
+        assert sw["iterations"] == [100, 200, 500, 1000] and sw["r_bn"] == [0.01, 0.05, 0.2]
+
+
+def test_tables_verdicts_and_markdown_from_synthetic_results() -> None:
+    """Every table, the findings, RESULTS.md's reproduction section and the verdicts render
+    from a quick plan's results in the JSON layout main() writes (no stage runs)."""
+    import json
+
+    from benchmarks._common import render_reproduce
+    from benchmarks.reproduce import Tables, findings
+    from benchmarks.verdicts import claims, render
+
+    s = settings(quick=True)
+    plan = Plan(s)
+    plan.build()
+
+    class FakeRunner:
+        results = {k: {"id": "x", "cached": False, "seconds": 1.0,
+                       "metrics": {"top1": 0.5 + 0.01 * k[3] + 0.001 * i, "top5": 0.9,
+                                   "label_pool_bytes": 1000, "steps": 40}}
+                   for i, k in enumerate(sorted(plan.students, key=str))}
+
+    div = {k: {"cosine": 0.8 + 0.01 * k[2], "mmd2": 0.1} for k in plan.images}
+    metrics = {k: {"self_top1": 1.0} for k in plan.images}
+    t = Tables(s, FakeRunner(), 0.9, div)
+    tables = {"table3": t.table3(), "table4": t.table4(), "table5a": t.table5a(),
+              "bn_stats": t.bn_stats(metrics), "baselines": t.baselines(),
+              "robustness": t.robustness(), "diversity": t.diversity(metrics),
+              "convergence": t.convergence()}
+    assert all(r["top1"] is not None for r in tables["convergence"]["rows"])
+    meta = {"quick": True, "device": {"name": "CPU", "type": "cpu", "torch": "x"}, "jobs": 2,
+            "threads": 1, "command": "python benchmarks/reproduce.py --quick",
+            "finished": "now", "seconds": 60.0, "seeds": s.seeds, "ipcs": s.ipcs,
+            "epochs": {"10": 20}, "recover_iterations": {"10": 30}, "plan": "issue-18",
+            "cuts": {"a": "b"}, "estimate": {"jobs": 2, "wall_hours": 0.1, "rates_from": "r",
+                                             "phases": {"train": {"wall_seconds": 60}}},
+            "scaled_down": s.scaled_down}
+    res = json.loads(json.dumps({
+        "meta": meta, "teacher": {"model": "convnet", "top1": 0.9}, "tables": tables,
+        "findings": findings(tables, s),
+        "runs": [{"key": [*k], "metrics": r["metrics"]} for k, r in FakeRunner.results.items()]}))
+    text = render_reproduce(res)
+    assert "Convergence check" in text and "Cut to fit" in text and "| real |" in text
+    by = {c["id"]: c for c in claims(res)}
+    assert set(by) == {"a", "b", "c", "d", "e"}
+    assert all(by[c]["cells"] for c in by)  # every claim found its rows in the new layout
+    assert by["a"]["cells"][0]["test"].startswith("paired t (2 seeds)")
+    assert "## Verdicts" in render(res)
