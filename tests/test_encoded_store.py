@@ -185,6 +185,14 @@ def test_relabel_topk_and_train_with_schedule_and_auto_student(store_with_teache
         assert after["student_temperature"] == before["student_temperature_next"]
     assert all(0.01 <= h["student_temperature_next"] <= 1.0 for h in history)
     assert 0 <= student.metrics["top1"] <= 1
+    # report accuracy names the pool's encoding
+    from lpld_cli.reports.accuracy import accuracy_rows
+
+    shown = {r["id"]: r["encoding"] for r in accuracy_rows(store)}
+    assert shown[student.id] == "top-3 min"
+    result = CliRunner().invoke(app, ["report", "accuracy", "--store", str(store.root)])
+    assert result.exit_code == 0, result.output
+    assert any(student.id[:12] in ln and "top-3 min" in ln for ln in result.output.splitlines())
     # a config without the new options keeps the id it had before they existed
     assert "temperature_schedule" not in TrainConfig().identity()
     fmnist = get_preset("fashion-mnist")
