@@ -37,6 +37,7 @@ from lpld_cli.checks import at_least, parse_ratio, positive
 from lpld_cli.data.label_pool import choose_random, keep_count
 from lpld_cli.data.scores import PRUNE_METRICS, Slots, scored
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
+from lpld_cli.faults import kill_point
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import (
     TOPK_FILLS,
@@ -362,6 +363,7 @@ def copy_rows(source: LabelStore, rows: np.ndarray, target: LabelStore,
             size = min(out_chunk, buffered)
             target.write(written, block.take(slice(0, size)))
             written += size
+            kill_point("prune.copy", written)
             rest = block.take(slice(size, None))
             pending, buffered = ([rest] if len(rest) else []), len(rest)
         if on_chunk is not None:

@@ -27,6 +27,7 @@ from lpld_cli.data.geometry import FolderInfo, inspect_folder, recipe_for
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError, DataNotFoundError
+from lpld_cli.faults import kill_point
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
 from lpld_cli.models.evaluate import evaluate, topk_correct
 from lpld_cli.models.factory import (
@@ -272,6 +273,7 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
                          epoch=epoch + 1)
         reporter.log(f"teacher epoch {epoch + 1}/{config.teacher_epochs}: train acc "
                      f"{correct / count:.4f} ({time.perf_counter() - start:.0f}s)")
+        kill_point("squeeze.epoch", epoch + 1)
     task.close()
     if w.distributed:  # every rank continues with rank 0's running statistics
         for buffer in model.buffers():

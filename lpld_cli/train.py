@@ -41,6 +41,7 @@ from lpld_cli.device import (
     seed_everything,
 )
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError, warn
+from lpld_cli.faults import kill_point
 from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
 from lpld_cli.models.losses import (
@@ -415,6 +416,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             history.append(record)
             _save_checkpoint(staging, model, optimizer, epoch + 1, history, used_rows,
                              label_seconds, step_seconds)
+            kill_point("train.checkpoint", epoch + 1)
             fields = {"loss": record["loss"]}
             if "test_top1_subset" in record:
                 fields["top1"] = record["test_top1_subset"]

@@ -135,6 +135,44 @@ def test_mixed_ce_is_lambda_weighted_ce_of_both_classes() -> None:
     assert float(mixed_ce(logits, classes, unmixed)) == pytest.approx(own, rel=1e-5)
 
 
+def test_mse_gt_by_hand_on_one_slot() -> None:
+    """s = (0, 0), t = (1, −1), class 0, no mix: MSE (1² + 1²)/2 = 1, CE = ln 2."""
+    from lpld_cli.models.losses import student_loss
+
+    row = Row(torch.tensor([0], dtype=torch.int32), torch.zeros(1, 4),
+              torch.zeros(1, dtype=bool), torch.tensor([0], dtype=torch.int32), 1.0,
+              torch.zeros(4, dtype=torch.int32))
+    got = student_loss("mse-gt", 4.0)(torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]),
+                                      torch.tensor([0]), row)
+    assert float(got) == pytest.approx(1.0 + 0.1 * math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_mse_gt_is_logit_mse_plus_a_tenth_of_the_mixed_ce(temperature: float) -> None:
+    """G-VBSM's loss ("Ours+", Table 9): mean over slots and classes of (s − t)², on raw
+    logits (no temperature), + 0.1 × the λ-mixed CE; an incomplete batch uses its filled
+    slots only (the last slot is empty)."""
+    from lpld_cli.models.losses import student_loss
+
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(4, 6, generator=g) * 2, torch.randn(4, 6, generator=g) * 2
+    classes = torch.tensor([5, 0, 2, 2])
+    partners = [2, 0, 3, 1]  # slot 1 is its own partner (its patch is itself)
+    row = Row(torch.tensor([0, 1, 2, 3, -1], dtype=torch.int32), torch.zeros(5, 4),
+              torch.zeros(5, dtype=bool), torch.tensor([*partners, 4], dtype=torch.int32), 0.35,
+              torch.tensor([1, 1, 3, 3], dtype=torch.int32))
+    sd, td = s.double().numpy(), t.double().numpy()
+    mse = ((sd - td) ** 2).sum() / sd.size
+    log_p = np.log(_softmax64(sd))
+    own = -log_p[np.arange(4), classes.numpy()].mean()
+    partner = -log_p[np.arange(4), classes.numpy()[partners]].mean()
+    want = mse + 0.1 * (0.35 * own + 0.65 * partner)
+    got = float(student_loss("mse-gt", temperature)(s, t, classes, row))
+    assert got == pytest.approx(want, rel=1e-5)
+    scaled = ((sd - td) ** 2).mean() / temperature ** 2 + 0.1 * (0.35 * own + 0.65 * partner)
+    assert got != pytest.approx(scaled, rel=1e-3) or temperature == 1.0
+
+
 # ---------------------------------------------------------------------- recover objective
 
 

@@ -1,15 +1,20 @@
-"""Reliability suite (slow; issue 16 deliverable 7): kill -9 at random points in every stage,
-then resume: no partial artifact after any kill, and the finished artifact byte-equal to an
+"""Reliability suite (slow; issue 16 deliverable 7): kill -9 in every stage, then rerun: no partial
+or damaged artifact and no held lock after any kill, and the finished artifact byte-equal to an
 uninterrupted run's; concurrent identical and different commands; a real full disk.
 
-Each stage is killed five times in a row at seeded random points of its measured running
-time (recover once right after its first class is saved), resuming the same staging each
-time; then it runs to the end and its payload files are compared with a reference run in a
-separate store. Commands are real subprocesses (`python -m lpld_cli`).
+Recover and relabel (long, resumable) are killed five times in a row at seeded random points:
+relabel's of its measured running time, recover's of its progress (once right after its first
+class is saved, then at random counts of saved classes). Squeeze, prune and train finish too
+fast for random kills to land, so they kill themselves at named points (`LPLD_TEST_KILL_AT`,
+lpld_cli/faults.py): mid-work, between a finished staging and its promotion, and after
+promotion; every such run must have reached its point. Each stage works in one store throughout
+(resuming or restarting its staging), then its payload files are compared with a reference run
+in a separate store. Commands are real subprocesses (`python -m lpld_cli`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from lpld_cli.faults import ENV
 from lpld_cli.relabel import RelabelConfig, relabel
 from lpld_cli.storage.store import Store
 from tests.conftest import make_real_images, needs_fmnist, run_lpld
@@ -30,13 +36,13 @@ pytestmark = [pytest.mark.slow, needs_fmnist]
 
 KILLS = 5
 STAGES: dict[str, list[str]] = {
-    "squeeze": ["squeeze", "--width", "8", "--depth", "2", "--teacher-epochs", "4",
-                "--train-subset", "6000", "--batch-size", "64"],
+    "squeeze": ["squeeze", "--width", "8", "--depth", "2", "--teacher-epochs", "2",
+                "--train-subset", "1000", "--batch-size", "64"],
     "recover": ["recover", "--ipc", "2", "--iterations", "40", "--classes-per-step", "1"],
     "relabel": ["relabel", "--epochs", "60", "--batch-size", "10", "--rows-per-chunk", "4",
                 "--seed", "1"],
     "prune": ["prune", "--ratio", "2x", "--metric", "confidence"],
-    "train": ["train", "--epochs", "15", "--width", "16", "--eval-every", "0"],
+    "train": ["train", "--epochs", "8", "--width", "16", "--eval-every", "0"],
 }
 KIND = {"squeeze": "teacher", "recover": "images", "relabel": "labels", "prune": "labels",
         "train": "student"}
@@ -70,48 +76,74 @@ def _artifact_ids(root: Path, kind: str) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
-# Known gap (issue 16, open): for the short, non-resumable stages the kill points, drawn from a
-# reference run's time, often land after the first attempt finished (later attempts are
-# cache hits), so fewer than 3 of 5 kills hit a running process. Recover and relabel (the
-# resumable stages) are killed for real and must pass.
-_SHORT = pytest.mark.xfail(reason="kill schedule misses short non-resumable runs (issue 16)",
-                           strict=False)
-
-
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=_SHORT) if s in ("squeeze", "prune",
-                                                                          "train") else s
-                                   for s in STAGES])
-def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
-        base_store: Path, tmp_path: Path, stage: str) -> None:
-    args, kind = STAGES[stage], KIND[stage]
+def _reference(base_store: Path, tmp_path: Path, stage: str) -> tuple[Path, str]:
+    """An uninterrupted run in a copy of the base store: its root and the new artifact's id."""
     reference = tmp_path / "reference"
     shutil.copytree(base_store, reference)
-    before = _artifact_ids(reference, kind)
-    done = subprocess.run(_cmd(args, reference), capture_output=True, text=True, env=_env(),
-                          timeout=900)
-    assert done.returncode == 0, done.stderr
-    # the kill points are drawn from a warm run's time: the first run also pays one-off costs
-    # (decoding the dataset, cold file caches), and a killed run is a warm one
-    start = time.monotonic()
-    warm = subprocess.run(_cmd([*args, "--force"], reference), capture_output=True, text=True,
+    before = _artifact_ids(reference, KIND[stage])
+    done = subprocess.run(_cmd(STAGES[stage], reference), capture_output=True, text=True,
                           env=_env(), timeout=900)
-    duration = time.monotonic() - start
-    assert warm.returncode == 0, warm.stderr
+    assert done.returncode == 0, done.stderr
     artifact_id = json.loads(done.stdout)["artifact"]["id"]
     assert artifact_id not in before
+    return reference, artifact_id
+
+
+def _assert_whole_or_nothing(root: Path, kind: str, artifact_id: str) -> None:
+    """After a kill: nothing under objects/ is damaged, and no lock is left held."""
+    sound, damaged = Store(root).audit()
+    assert not damaged, [d.error() for d in damaged]
+    assert artifact_id not in _artifact_ids(root, kind) or artifact_id in {a.id for a in sound}
+    for lock in (root / "staging").glob("*.lock"):  # a dead holder's lock must not block
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _rerun_equals_reference(killed: Path, reference: Path, stage: str,
+                            artifact_id: str) -> None:
+    kind = KIND[stage]
+    resumed = subprocess.run(_cmd(STAGES[stage], killed), capture_output=True, text=True,
+                             env=_env(), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["artifact"]["id"] == artifact_id
+    assert _files(killed, kind, artifact_id) == _files(reference, kind, artifact_id)
+    assert not list((killed / "staging").glob("*.lock"))
+    assert run_lpld("verify", store=killed).returncode == 0
+
+
+@pytest.mark.parametrize("stage", ["recover", "relabel"])
+def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
+        base_store: Path, tmp_path: Path, stage: str) -> None:
+    """The resumable stages at random times (their runs are long enough to be hit)."""
+    args, kind = STAGES[stage], KIND[stage]
+    reference, artifact_id = _reference(base_store, tmp_path, stage)
+    # relabel's kill points are drawn from a warm run's time: the first run also pays one-off
+    # costs (decoding the dataset, cold file caches), and a killed run is a warm one
+    duration = 0.0
+    if stage != "recover":
+        start = time.monotonic()
+        warm = subprocess.run(_cmd([*args, "--force"], reference), capture_output=True,
+                              text=True, env=_env(), timeout=900)
+        duration = time.monotonic() - start
+        assert warm.returncode == 0, warm.stderr
 
     killed = tmp_path / "killed"
     shutil.copytree(base_store, killed)
     rng = random.Random(f"{stage}-kills")
+    # recover is killed by its progress, not by the clock (a resumed run has less left to do,
+    # so a time drawn from a whole run misses it): once right after its first class is saved,
+    # then at seeded random counts of saved classes (of 10)
+    saved_classes = [1, *sorted(rng.sample(range(2, 10), KILLS - 1))]
     kills = 0
     for attempt in range(KILLS):
         proc = subprocess.Popen(_cmd(args, killed), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=_env())
-        if stage == "recover" and attempt == 0:  # right after its first class is saved
+        if stage == "recover":
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and proc.poll() is None and not [
+            while time.monotonic() < deadline and proc.poll() is None and len([
                     p for p in (killed / "staging").glob("*/train/*")
-                    if not p.name.startswith(".")]:
+                    if not p.name.startswith(".")]) < saved_classes[attempt]:
                 time.sleep(0.05)
         else:
             time.sleep(rng.uniform(0.25, 0.9) * duration)
@@ -119,17 +151,47 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        if proc.returncode == -signal.SIGKILL and artifact_id in _artifact_ids(killed, kind):
-            # killed after its promotion (while reporting): the artifact must be whole
-            store = Store(killed)
-            store.verify(store.find(kind, artifact_id))
-    assert kills >= 3, f"only {kills} of {KILLS} runs were still running when killed"
-    resumed = subprocess.run(_cmd(args, killed), capture_output=True, text=True, env=_env(),
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["artifact"]["id"] == artifact_id
-    assert _files(killed, kind, artifact_id) == _files(reference, kind, artifact_id)
-    assert run_lpld("verify", store=killed).returncode == 0
+        _assert_whole_or_nothing(killed, kind, artifact_id)
+    assert kills >= (KILLS if stage == "recover" else 3), (
+        f"only {kills} of {KILLS} runs were still running when killed")
+    _rerun_equals_reference(killed, reference, stage, artifact_id)
+
+
+# Named kill points (lpld_cli/faults.py) for the short stages, in order, one run each: a kill
+# at a random time mostly misses a run of a few seconds. Each stage is killed mid-work and
+# between a finished staging and its promotion (the store.* points are the same code for
+# every stage: prune, the cheapest, takes all of them); "store.promoted" comes last, since
+# after it every run is a cache hit. Train's checkpoints come after its store points, so
+# the artifact compared is the one resumed twice (epochs 3 and 6), not a fresh run.
+KILL_POINTS: dict[str, list[str]] = {
+    "squeeze": ["squeeze.epoch:1", "store.staged", "store.promoted"],
+    "prune": ["prune.copy", "store.staged", "store.manifest", "store.promoted"],
+    "train": ["store.manifest", "train.checkpoint:3", "train.checkpoint:6", "store.promoted"],
+}
+# what a run killed at a point must say on stderr: it resumed (not restarted) the staging
+RESUMED_FROM = {"train.checkpoint:6": "resuming the student from epoch 3/8",
+                "store.promoted": "resuming the student from epoch 6/8"}
+
+
+@pytest.mark.parametrize("stage", list(KILL_POINTS))
+def test_kill_minus_9_at_named_points_then_rerun_equals_an_uninterrupted_run(
+        base_store: Path, tmp_path: Path, stage: str) -> None:
+    kind = KIND[stage]
+    reference, artifact_id = _reference(base_store, tmp_path, stage)
+    killed = tmp_path / "killed"
+    shutil.copytree(base_store, killed)
+    for point in KILL_POINTS[stage]:
+        proc = subprocess.run(_cmd(STAGES[stage], killed), capture_output=True, text=True,
+                              env=_env() | {ENV: point}, timeout=900)
+        assert proc.returncode == -signal.SIGKILL, f"{point} never reached: {proc.stderr}"
+        if stage == "train" and point in RESUMED_FROM:
+            assert RESUMED_FROM[point] in proc.stderr, proc.stderr
+        _assert_whole_or_nothing(killed, kind, artifact_id)
+        promoted = artifact_id in _artifact_ids(killed, kind)
+        assert promoted == (point == "store.promoted"), point
+        if not promoted:  # the interrupted work is in staging, never under objects/
+            assert (killed / "staging" / artifact_id).is_dir(), point
+    _rerun_equals_reference(killed, reference, stage, artifact_id)
 
 
 def test_concurrent_identical_commands_build_one_artifact(base_store: Path,

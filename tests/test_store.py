@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,6 +106,56 @@ def test_resumable_staging_is_handed_back(tmp_path: Path) -> None:
 
     store.produce("images", {"k": 3}, [], resume, resumable=True)
     assert seen == [False, True]
+
+
+def test_a_staging_killed_while_promoting_resumes_writable_without_its_manifest(
+        tmp_path: Path) -> None:
+    """kill -9 after the manifest was written and the payload made read-only (the
+    `store.manifest` kill point): the resumed build can rewrite its files."""
+    store = Store(tmp_path)
+    artifact_id = Store.artifact_id("images", {"k": 6}, [])
+    work = tmp_path / "staging" / artifact_id
+    (work / "sub").mkdir(parents=True)
+    for path in (work / "sub" / "a.txt", work / "manifest.json"):
+        path.write_text("{}")
+        path.chmod(0o444)
+
+    def resume(staging) -> dict:
+        assert staging.resumed
+        assert not (staging.path / "manifest.json").exists()
+        assert os.stat(staging.path / "sub" / "a.txt").st_mode & 0o200
+        (staging.path / "sub" / "a.txt").write_text("again")
+        return {}
+
+    artifact = store.produce("images", {"k": 6}, [], resume, resumable=True)
+    assert set(artifact.manifest["files"]) == {"sub/a.txt"}
+    store.verify(artifact)
+
+
+def test_the_lock_file_goes_as_soon_as_the_artifact_is_promoted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill -9 while reporting (after promotion) must leave no lock file behind."""
+    from lpld_cli.storage import store as store_module
+
+    seen: dict[str, bool] = {}
+    artifact_id = Store.artifact_id("teacher", {"k": 7}, [])
+    lock = tmp_path / "staging" / f"{artifact_id}.lock"
+    monkeypatch.setattr(store_module, "kill_point",
+                        lambda name, step=None: seen.setdefault(name, lock.exists()))
+    Store(tmp_path).produce("teacher", {"k": 7}, [], _writer("x"))
+    assert seen == {"store.staged": True, "store.manifest": True, "store.promoted": False}
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize(("wanted", "killed"), [("", False), ("p", True), ("p:3", True),
+                                                 ("p:2", False), ("q", False)])
+def test_a_kill_point_kills_only_where_lpld_test_kill_at_says(wanted: str,
+                                                             killed: bool) -> None:
+    code = "from lpld_cli.faults import kill_point\nkill_point('p', 3)\nprint('alive')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "LPLD_TEST_KILL_AT": wanted}, timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if killed else 0), proc.stderr
+    assert (proc.stdout == "alive\n") != killed
 
 
 def test_two_identical_builds_at_once_give_one_artifact(tmp_path: Path) -> None:

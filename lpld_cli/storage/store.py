@@ -34,6 +34,7 @@ from lpld_cli.errors import (
     os_error_message,
     warn,
 )
+from lpld_cli.faults import kill_point
 
 FORMAT_VERSION = 1
 KINDS = ("teacher", "images", "labels", "student")
@@ -331,11 +332,14 @@ class Store:
 
     # ------------------------------------------------------------------- build
     @contextlib.contextmanager
-    def _lock(self, artifact_id: str) -> Iterator[None]:
-        """An exclusive per-id lock, its file removed on release.
+    def _lock(self, artifact_id: str) -> Iterator[Callable[[], None]]:
+        """An exclusive per-id lock, its file removed on release (or earlier: the holder may
+        call what this yields once its artifact is promoted, so a kill -9 while reporting
+        leaves no lock file behind).
 
         Removing a lock file while others wait on it is safe because a waiter that gets
-        the lock checks that the path still names the file it locked, and retries if not.
+        the lock checks that the path still names the file it locked, and retries if not;
+        the holder removes the path only while it still names its own file.
         """
         self.staging.mkdir(parents=True, exist_ok=True)
         path = self.staging / f"{artifact_id}.lock"
@@ -348,11 +352,16 @@ class Store:
             except FileNotFoundError:
                 pass
             handle.close()
-        try:
-            yield
-        finally:
+
+        def remove_file() -> None:
             with contextlib.suppress(OSError):
-                path.unlink()
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    path.unlink()
+
+        try:
+            yield remove_file
+        finally:
+            remove_file()
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
@@ -400,7 +409,8 @@ class Store:
                  resumable: bool, selectors: dict[str, Any] | None,
                  w: dist.World) -> Artifact:
         dist.agree(artifact_id, "the artifact id (config and parents)", w)
-        with self._lock(artifact_id) if w.main else contextlib.nullcontext():
+        with self._lock(artifact_id) if w.main else contextlib.nullcontext(
+                lambda: None) as remove_lock_file:
             decision = None
             if w.main:
                 decision = self._decide(kind, artifact_id, force, resumable)
@@ -421,7 +431,10 @@ class Store:
             dist.barrier(w)
             manifest = None
             if w.main:
+                kill_point("store.staged")
                 manifest = self._promote(kind, artifact_id, config, parents, staging, metrics)
+                remove_lock_file()
+                kill_point("store.promoted")
             manifest = dist.broadcast(manifest, w)
             return Artifact(kind, artifact_id, self.objects / kind / artifact_id, manifest,
                             cached=False)
@@ -438,6 +451,12 @@ class Store:
         resumed = work.is_dir() and resumable and not force
         if work.exists() and not resumed:
             _rmtree(work)
+        if resumed and (work / MANIFEST).exists():
+            # killed while promoting: the build resumes as if before it (a payload it can
+            # write again, no manifest that would outlive a changed payload)
+            (work / MANIFEST).unlink()
+            for path in [work, *_walk(work)]:
+                path.chmod(path.stat().st_mode | stat.S_IWUSR)
         work.mkdir(parents=True, exist_ok=True)
         # Other ranks must see this file, or they do not share the store (DESIGN §7).
         marker = f".rank0-{os.getpid()}-{time.time_ns()}"
@@ -460,6 +479,7 @@ class Store:
         for path in _walk(work):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         (work / MANIFEST).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        kill_point("store.manifest")
         final = self.objects / kind / artifact_id
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # --force (or a damaged folder): swap the old one out, then drop it
