@@ -34,8 +34,7 @@ from benchmarks._common import (  # noqa: E402
     results_md_path,
     write_json,
 )
-from lpld_cli.data.scores import PRUNE_METRICS, scored  # noqa: E402
-from lpld_cli.prune import SELECTIONS  # noqa: E402
+from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS, scored  # noqa: E402
 
 METHODS = ("sre2l", "cda", "lpld")
 # How each images variant is recovered, and from which teacher.

@@ -35,7 +35,7 @@ import torch
 from lpld_cli import stage_module
 from lpld_cli.checks import at_least, parse_ratio, positive
 from lpld_cli.data.label_pool import choose_random, keep_count
-from lpld_cli.data.scores import PRUNE_METRICS, Slots, scored
+from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS, Slots, scored
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.faults import kill_point
 from lpld_cli.progress import SILENT, Reporter
@@ -61,7 +61,6 @@ GRANULARITIES = ("batch", "epoch")
 # The builtin metrics as tuples (snapshots for tests; the code reads PRUNE_METRICS).
 METRICS = PRUNE_METRICS.keys()
 SCORES = tuple(m for m in METRICS if scored(m))
-SELECTIONS = ("easy", "hard", "uniform")
 
 
 @dataclass(frozen=True)

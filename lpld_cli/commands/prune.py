@@ -11,8 +11,7 @@ from lpld_cli.checks import at_least, parse_ratio, positive
 from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import DATASETS, get_preset
-from lpld_cli.data.scores import PRUNE_METRICS
-from lpld_cli.prune import SELECTIONS, PruneConfig, parent_attrs, prune
+from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS
 
 
 @common_options
@@ -73,6 +72,8 @@ def command(
     newest: Newest = False,
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
+    from lpld_cli.prune import PruneConfig, parent_attrs, prune  # torch: only when it runs
+
     at_least("--ipc", ipc, 1)
     positive("--temperature", temperature)
     positive("--temperature-min", temperature_min)

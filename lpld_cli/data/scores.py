@@ -69,6 +69,8 @@ class PruneMetric:
 
 
 PRUNE_METRICS: Registry[PruneMetric] = Registry("prune metric", "--metric")
+# how a scored metric chooses: the easiest rows, the hardest, or evenly across the scores
+SELECTIONS = ("easy", "hard", "uniform")
 PRUNE_METRICS.add("random", PruneMetric(None), help="seeded uniform choice without replacement")
 PRUNE_METRICS.add("first", PruneMetric(None), help="the first complete rows in global "
                   "(batch_id) order: the authors' released rule")

@@ -11,8 +11,6 @@ from typing import Any
 
 from lpld_cli.errors import ConfigError
 from lpld_cli.reports.units import UNITS, pick_unit
-from lpld_cli.storage.encoding import Encoding
-from lpld_cli.storage.labels import GROUP
 from lpld_cli.storage.store import Artifact, Store
 
 
@@ -25,6 +23,9 @@ def pool_encoding(store: Store, student: Artifact) -> str | None:
     """How the student's label pool encodes its labels (`float16`, `q4`, `top-5 min`, …)."""
     if student.selectors.get("labels") != "stored":
         return None
+    from lpld_cli.storage.encoding import Encoding  # torch: only when a pool is described
+    from lpld_cli.storage.labels import GROUP
+
     for ref in student.parents[1:]:
         found = store.find("labels", ref)
         if found is not None:

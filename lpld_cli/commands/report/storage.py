@@ -10,14 +10,7 @@ from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
-from lpld_cli.reports.storage import (
-    check_plan_options,
-    plan_encoding,
-    plan_row,
-    storage_report,
-)
 from lpld_cli.reports.units import check_unit, in_unit, pick_unit
-from lpld_cli.storage.labels import COMPONENTS
 
 
 @common_options
@@ -59,6 +52,13 @@ def command(
 ) -> None:
     """Logical and on-disk bytes of the seven label components, totals, label-to-image
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
+    from lpld_cli.reports.storage import (  # torch and zarr: only when it runs
+        check_plan_options,
+        plan_encoding,
+        plan_row,
+        storage_report,
+    )
+
     forced = check_unit(unit)
     # checked with or without --plan: a given number is never silently ignored
     check_plan_options(ipc, epochs, batch_size, classes, image_bytes, topk)
@@ -110,8 +110,7 @@ def human(rows: list[dict[str, Any]], unit: str | None = None) -> str:
                    f"{row.get('encoding', row['logits_dtype'])} labels")
         disk_head = f"disk {u} (uncompressed)" if row["kind"] == "plan" else f"disk {u}"
         out.append(f"  {'component':<16} {'logical ' + u:>12} {disk_head:>24}")
-        for component in COMPONENTS:
-            c = row["components"][component]
+        for component, c in row["components"].items():  # storage.labels.COMPONENTS' order
             out.append(f"  {component:<16} {b(c['logical_bytes']):>12} "
                        f"{b(c['disk_bytes']):>24}")
         out.append(f"  {'total':<16} {b(row['logical_bytes']):>12} "
