@@ -175,3 +175,83 @@ def test_one_process_commands_refuse_torchrun(tmp_path: Path) -> None:
     assert all(rc != 0 for rc, _, _ in results)
     assert error_lines(results) == ["Error: lpld train runs as one process in this release"]
     assert not (tmp_path / "staging").exists()
+
+
+@pytest.fixture(scope="module")
+def images_store(tmp_path_factory: pytest.TempPathFactory, teacher_store: Path) -> Path:
+    """A store holding the teacher and a tiny image set (20 images, one process)."""
+    root = _copy_store(teacher_store, tmp_path_factory.mktemp("images"))
+    _json(run_ranks(1, ["recover", "--ipc", "2", "--iterations", "5", "--store", str(root),
+                        "--json"]))
+    return root
+
+
+def _arrays(folder: Path) -> dict:
+    import zarr
+
+    group = zarr.open_group(str(next(folder.rglob("labels.zarr"))), mode="r")
+    return {name: group[name][...] for name in sorted(group.array_keys())}
+
+
+# 20 images in batches of 10 for 6 epochs: 12 rows in 3 shards of 4 (2 chunks each), so
+# 3 ranks own one shard each and 2 ranks split them 2 + 1.
+RELABEL = ["relabel", "--epochs", "6", "--batch-size", "10", "--rows-per-chunk", "2",
+           "--rows-per-shard", "4"]
+
+
+def test_relabel_arrays_equal_for_1_2_3_ranks(tmp_path: Path, images_store: Path) -> None:
+    import numpy as np
+
+    made = {}
+    for n in (1, 2, 3):
+        store = _copy_store(images_store, tmp_path / f"s{n}")
+        result = _json(run_ranks(n, [*RELABEL, "--store", str(store), "--json"]))
+        made[n] = Path(result["artifact"]["path"])
+        assert result["metrics"]["rows"] == 12
+        assert result["metrics"]["rows_labelled"] == 12  # every rank's rows, summed
+    assert made[1].name == made[2].name == made[3].name  # one id for any world size
+    reference = _arrays(made[1])
+    assert reference["batch_id"].tolist() == list(range(12))
+    assert np.isfinite(reference["logits"].astype(np.float32)).all()
+    for n in (2, 3):
+        assert payload(made[n]) == payload(made[1]), n  # byte for byte, metadata included
+        got = _arrays(made[n])
+        assert set(got) == set(reference)
+        assert all(np.array_equal(reference[k], got[k]) for k in reference), n
+
+
+# Long enough (150 shards) that a run is still going when its first shard is written.
+RELABEL_LONG = ["relabel", "--epochs", "150", "--batch-size", "10", "--rows-per-chunk", "2",
+                "--rows-per-shard", "2"]
+
+
+def test_relabel_interrupted_on_2_ranks_resumes_on_1(tmp_path: Path, images_store: Path
+                                                     ) -> None:
+    """Both ranks SIGKILLed once shards are written: nothing promoted; the same command on
+    one process labels only the rest and equals an uninterrupted one-process run."""
+    import signal
+    import time
+
+    store = _copy_store(images_store, tmp_path / "killed")
+    procs = spawn([[*RELABEL_LONG, "--store", str(store)]] * 2)
+    deadline = time.monotonic() + 120
+    while len(list(store.glob("staging/*/relabel-shards/*.done"))) < 4:
+        assert time.monotonic() < deadline, "no shard was written in time"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)  # freeze both before either can finish
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    wait_all(procs)
+    assert not list(store.glob("objects/labels/*"))
+    done = {int(p.stem) for p in store.glob("staging/*/relabel-shards/*.done")}
+    assert {0, 1} & done and len(done) < 150  # both ranks had written; most shards remain
+    resumed = _json(run_ranks(1, [*RELABEL_LONG, "--store", str(store), "--json"]))
+    assert resumed["metrics"]["rows"] == 300
+    assert resumed["metrics"]["rows_labelled"] == 300 - 2 * len(done)
+    clean = _copy_store(images_store, tmp_path / "clean")
+    reference = _json(run_ranks(1, [*RELABEL_LONG, "--store", str(clean), "--json"]))
+    assert reference["artifact"]["id"] == resumed["artifact"]["id"]
+    assert payload(Path(resumed["artifact"]["path"])) == payload(
+        Path(reference["artifact"]["path"]))

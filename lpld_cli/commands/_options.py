@@ -74,7 +74,7 @@ _COMMON = [
 
 # Commands that run on N ranks under torchrun (DESIGN §7); the others refuse to, rather
 # than have N processes write one staging folder.
-DISTRIBUTED_COMMANDS = ("squeeze", "recover")
+DISTRIBUTED_COMMANDS = ("squeeze", "recover", "relabel")
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
