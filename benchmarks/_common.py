@@ -23,6 +23,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from lpld_cli.storage.store import write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 DEFAULT_OUT = BENCH / "results"
@@ -144,7 +146,8 @@ def run_stage(task: dict[str, Any]) -> dict[str, Any]:
     elif stage == "prune":
         from lpld_cli.prune import PruneConfig, prune
 
-        art = prune(store, PruneConfig(**cfg), store.get(task["labels"], kind="labels"))
+        art = prune(store, PruneConfig(**cfg), store.get(task["labels"], kind="labels"),
+                    tail_at=task.get("tail_at"))
     elif stage == "train":
         from lpld_cli.train import TrainConfig, train
 
@@ -225,9 +228,8 @@ def default_jobs(device_type: str) -> int:
 # ------------------------------------------------------------------ RESULTS.md
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=1, sort_keys=False, default=_json_default)
+                 + "\n")
 
 
 def publish(out: Path, name: str, result: dict[str, Any], started: float) -> int:
@@ -445,6 +447,46 @@ def _val(v: float, unit: str) -> str:
     return f"{v:.1f} {unit}"
 
 
+def render_frontier(res: dict[str, Any]) -> str:
+    """The accuracy-vs-label-bytes frontier (benchmarks/frontier.py)."""
+    meta = res["meta"]
+    out = [f"## Frontier: top-1 vs label bytes ({'quick, ' if meta['quick'] else ''}"
+           f"{_device_line(meta)})", "",
+           f"`{meta['command']}`, {len(meta['seeds'])} seed(s) "
+           f"({meta['seconds'] / 60:.0f} min, {meta['finished']}). Bytes are the label "
+           f"store's logical bytes; Δ = top-1 minus float16 pruning alone (LPLD) "
+           f"interpolated at the same bytes (n/a outside its range).", ""]
+    for d in res["sets"]:
+        st = d["settings"]
+        teacher = d.get("teacher_top1")
+        out += [f"### {d['dataset']} ({d['classes']} classes, IPC{d['ipc']})", "",
+                (f"Teacher top-1 {100 * teacher:.1f}%; " if teacher is not None else "")
+                + f"recover {st['recover_iterations']} iterations, relabel "
+                f"{st['relabel_epochs']} epochs, students ConvNet w{st['student_width']} "
+                f"for {st['train_epochs']} epochs (scaled down from the paper's 300).", ""]
+        table = []
+        for r in d["rows"]:
+            def delta(axis: str, r: dict[str, Any] = r) -> str:
+                v = r.get(f"vs_lpld_{axis}")
+                return "n/a" if v is None else f"{100 * v:+.1f}"
+            tail = r.get("tail_mass_t0")
+            table.append([r["label"], r["encoding"], r["schedule"], r["rows"],
+                          fmt_bytes(r["logits_bytes"]), fmt_bytes(r["total_bytes"]),
+                          "-" if tail is None else f"{100 * tail:.1f}% / "
+                          f"{100 * r['tail_mass_tmin']:.1f}%",
+                          fmt_pct(r["top1"]), r["top1"]["n"], delta("logits_bytes"),
+                          delta("total_bytes")])
+        out += [_table(["point", "encoding", "T schedule", "rows", "logits", "total",
+                        "top-k tail T₀/T_min", "top-1 %", "seeds", "Δ logits", "Δ total"],
+                       table), ""]
+        if d.get("missing"):
+            out += [f"Not run (time ran out): {', '.join(d['missing'])}.", ""]
+    out += ["Findings:", ""] + [f"- {f}" for f in res["findings"]]
+    if res.get("figure"):
+        out += ["", f"![frontier]({res['figure']})"]
+    return "\n".join(out)
+
+
 def _verdicts(out: Path) -> list[str]:
     """The verdict table (benchmarks/verdicts.py) from the CPU reproduction (full, else
     quick) and the mechanism run beside it, if any."""
@@ -470,17 +512,26 @@ def regenerate_results(out: Path, target: Path | None = None) -> Path:
     cpu_first = ("reproduce.json", "reproduce-quick.json")  # then other devices' runs
     reproduce = sorted(out.glob("reproduce*.json"),
                        key=lambda p: (p.name not in cpu_first, p.name))
-    for path in [*reproduce, *sorted(out.glob("speed-*.json"))]:
+    for path in [*reproduce, *sorted(out.glob("speed-*.json")),
+                 *sorted(out.glob("frontier*.json"))]:
         full_twin = path.with_name(path.name.replace("-quick.json", ".json"))
         if path.name.endswith("-quick.json") and full_twin.is_file():
             continue  # a full run on the same device replaces its quick one
         res = json.loads(path.read_text())
         if res.get("figure"):  # its PNG sits beside the JSON: link it from RESULTS.md
             res["figure"] = os.path.relpath(out / Path(res["figure"]).name, target.parent)
-        render = render_reproduce if path.name.startswith("reproduce") else render_speed
+        render = (render_reproduce if path.name.startswith("reproduce") else
+                  render_frontier if path.name.startswith("frontier") else render_speed)
         parts += [render(res), ""]
+    demo = out / "demo.json"
+    if demo.is_file():  # benchmarks/demo.py: the README's first command, timed
+        from benchmarks.demo import render as render_demo
+
+        res = json.loads(demo.read_text())
+        res["figure"] = os.path.relpath(out / res["figure"], target.parent)
+        parts += [render_demo(res), ""]
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(parts).rstrip() + "\n")
+    write_atomic(target, "\n".join(parts).rstrip() + "\n")
     return target
 
 

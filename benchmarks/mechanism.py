@@ -178,15 +178,13 @@ def _trace_job(a: tuple) -> dict[str, Any]:
 
 def real_floor(net: Any, data_root: str | None, seed: int, device: Any) -> dict[str, Any]:
     """The class-wise measure on IPC random real images per class: a perfect match's level."""
-    import torch
 
+    from lpld_cli.data.augment import normalise
     from lpld_cli.data.datasets import load_dataset
 
     data = load_dataset(DATASET, data_root)
     images, labels = data.sample_train_images(IPC, seed)
-    mean = torch.tensor(net.data["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(net.data["std"]).view(1, -1, 1, 1)
-    return class_wise(net, (images.float() - mean) / std, labels, device)
+    return class_wise(net, normalise(images, net.data["mean"], net.data["std"]), labels, device)
 
 
 def findings(res: dict[str, Any]) -> list[str]:

@@ -70,9 +70,11 @@ def run_relabel(store: Path, images: str, config: dict[str, Any], device: str,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def forward_rate(store: Any, teacher: Any, images: Any, config: Any, device: Any) -> float:
-    """Rows/s of the teacher's forwards alone over relabel's own groups of rows (the rows
-    `config.keep` selects, each at block r mod K, pixels prepared beforehand)."""
+def forward_profile(store: Any, teacher: Any, images: Any, config: Any,
+                    device: Any) -> dict[str, float]:
+    """Milliseconds per row of relabel's parts, timed apart over relabel's own groups of
+    rows (the rows `config.keep` selects, each at block r mod K): drawing the rows' crops
+    and mixes (host), replaying them into pixels, and the teacher's forwards alone."""
     import torch
 
     from lpld_cli.data import augment
@@ -81,14 +83,18 @@ def forward_rate(store: Any, teacher: Any, images: Any, config: Any, device: Any
     from lpld_cli.relabel import Geometry, pack_groups
     from lpld_cli.storage.images import load_image_set
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     net = load_teacher(teacher, device)
     if device.type == "cuda":
         net.model.to(memory_format=torch.channels_last)
     pixels, _, _ = load_image_set(images.path)
     bank = augment.ImageBank(pixels, net.data["mean"], net.data["std"], device)
     g = Geometry(len(bank), config.batch_size, config.epochs, bank.image_size)
-    source = (random_pool_rows(g.complete(), config.keep, config.seed) if config.keep > 1
-              else range(g.rows))
+    source = list(random_pool_rows(g.complete(), config.keep, config.seed)
+                  if config.keep > 1 else range(g.rows))
     k = config.rows_per_forward
     orders: dict[int, Any] = {}
 
@@ -99,22 +105,33 @@ def forward_rate(store: Any, teacher: Any, images: Any, config: Any, device: Any
         return augment.row_at(orders[epoch], batch, config.batch_size, g.image_size,
                               config.mix, config.seed, epoch)
 
-    source = list(source)
-    batches = []
+    t0 = time.perf_counter()
+    groups = []
     for group in pack_groups(source, k):
         blocks: list[augment.Row | None] = [None] * k
         for block, i in group:
             blocks[block] = row(source[i])
-        batches.append(augment.replay_rows(bank, blocks))
+        groups.append(blocks)
+    draw = time.perf_counter() - t0
+    sync()
+    t0 = time.perf_counter()
+    batches = [augment.replay_rows(bank, blocks) for blocks in groups]
+    sync()
+    replay = time.perf_counter() - t0
     forward_logits(net.model, batches[0], device, config.precision)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync()
     t0 = time.perf_counter()
     for x in batches:
         forward_logits(net.model, x, device, config.precision)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return len(source) / (time.perf_counter() - t0)
+    sync()
+    forward = time.perf_counter() - t0
+    n = len(source)
+    return {"draw": 1000 * draw / n, "replay": 1000 * replay / n, "forward": 1000 * forward / n}
+
+
+def forward_rate(store: Any, teacher: Any, images: Any, config: Any, device: Any) -> float:
+    """Rows/s of the teacher's forwards alone over relabel's own groups of rows."""
+    return 1000 / forward_profile(store, teacher, images, config, device)["forward"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,18 +33,25 @@ import numpy as np
 import torch
 
 from lpld_cli import stage_module
-from lpld_cli.checks import at_least, parse_ratio
+from lpld_cli.checks import at_least, parse_ratio, positive
 from lpld_cli.data.label_pool import choose_random, keep_count
 from lpld_cli.data.scores import PRUNE_METRICS, Slots, scored
 from lpld_cli.errors import ArtifactCorruptedError, ArtifactNotFoundError, ConfigError
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.encoding import (
+    TOPK_FILLS,
+    Encoding,
+    dense_logits,
+    identity_dict,
+    reencode,
+    tail_mass,
+)
 from lpld_cli.storage.images import image_labels
 from lpld_cli.storage.labels import (
     GROUP,
     LabelRows,
     LabelStore,
     child_layout,
-    decode_logits,
     pruned_attributes,
 )
 from lpld_cli.storage.store import Artifact, Staging, Store
@@ -68,6 +75,22 @@ class PruneConfig:
     calibrate_easy: float = 0.0
     calibrate_hard: float = 0.0
     seed: int = 0
+    # re-encoding while pruning (storage.encoding; narrowing only): None keeps the parent's
+    logits_dtype: str | None = None
+    topk: int | None = None
+    topk_fill: str | None = None
+    fill_temperature: float | None = None
+
+    def encoding(self, parent: Encoding) -> Encoding:
+        """The pruned store's encoding: the parent's, narrowed by the options given."""
+        topk = self.topk if self.topk is not None else parent.topk
+        fill = self.topk_fill or (parent.topk_fill if topk is not None else "none")
+        temp = self.fill_temperature
+        if fill == "lme" and temp is None:
+            temp = parent.fill_temperature
+        dtype = self.logits_dtype or ("float16" if topk is not None else parent.logits_dtype)
+        return Encoding(logits_dtype=dtype, topk=topk, topk_fill=fill,
+                        fill_temperature=temp if fill == "lme" else None)
 
     def __post_init__(self) -> None:
         # A score metric defaults to `uniform`; random/first have no selection.
@@ -76,6 +99,15 @@ class PruneConfig:
 
     def validate(self) -> None:
         parse_ratio(self.ratio)
+        # the encoding options on their own (against the parent: in `prune`)
+        Encoding(logits_dtype=self.logits_dtype or "float16").validate()
+        if self.topk_fill not in (None, *TOPK_FILLS):
+            raise ConfigError(f"unknown --topk-fill {self.topk_fill!r}",
+                              f"choose one of: {', '.join(TOPK_FILLS)}")
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"--topk must be at least 1 (got {self.topk})",
+                              "keep K ≥ 1 logits per slot")
+        positive("--fill-temperature", self.fill_temperature)
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"unknown --granularity {self.granularity!r}",
                               f"choose one of: {', '.join(GRANULARITIES)}")
@@ -104,8 +136,11 @@ class PruneConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What names the pruned label store."""
-        return asdict(self.resolved())
+        """What names the pruned label store (the encoding fields only when given, so ids
+        of stores pruned without them hold)."""
+        return identity_dict(asdict(self.resolved()),
+                             {"logits_dtype": None, "topk": None, "topk_fill": None,
+                              "fill_temperature": None})
 
 
 # ---------------------------------------------------------------------- scores
@@ -130,7 +165,6 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
     """
     if needs_classes(metric) and classes is None:
         raise ValueError(f"metric {metric} needs the images' classes")
-    dtype = labels.attrs.get("logits_dtype", "float16")
     out = np.empty(labels.rows, dtype=np.float64)
     step = labels.rows_per_chunk
     for start in range(0, labels.rows, step):
@@ -152,7 +186,7 @@ def row_scores(labels: LabelStore, metric: str, classes: np.ndarray | None = Non
         if not PRUNE_METRICS.get(metric).reads_logits:  # e.g. cut-ratio: λ only
             logits = torch.zeros(*index.shape, 1)
         else:
-            logits = decode_logits(_read(labels, "logits", start, stop), dtype)
+            logits = _dense(labels, start, stop)
         score = slot_scores(metric, logits, own, partner, mixed, lam).double()
         count = valid.sum(1).clamp(min=1)
         out[start:stop] = ((score * valid).sum(1) / count).numpy()
@@ -282,6 +316,14 @@ def plan(labels: LabelStore, config: PruneConfig, classes: np.ndarray | None = N
     return Plan(rows, len(unit_order), total_units, len(picked), score, kept_score)
 
 
+def _dense(labels: LabelStore, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) as float32 logits [r, B, C], whatever the store's encoding
+    (top-k: the kept values over the fill, −inf — no mass — without one)."""
+    enc = labels.encoding
+    arrays = {name: _read(labels, name, start, stop) for name in enc.schema(1, 1)}
+    return dense_logits(arrays, enc, labels.num_classes)
+
+
 def _read(labels: LabelStore, name: str, start: int, stop: int) -> np.ndarray:
     """One array's rows [start, stop); a chunk that does not decode is corruption."""
     try:
@@ -300,14 +342,20 @@ def _chunks(labels: LabelStore):
 # --------------------------------------------------------------------- writing
 def copy_rows(source: LabelStore, rows: np.ndarray, target: LabelStore,
               on_chunk: Callable[[int], None] | None = None) -> None:
-    """Copy source rows `rows` (ascending) into `target`, chunk-aligned, one chunk in memory."""
+    """Copy source rows `rows` (ascending) into `target`, chunk-aligned, one chunk in memory;
+    the label arrays are re-encoded when the target's encoding is narrower."""
     pending: list[LabelRows] = []
     buffered = written = 0
     out_chunk = target.rows_per_shard  # whole shard files
+    same = source.encoding == target.encoding
     for start, stop in _chunks(source):
         lo, hi = np.searchsorted(rows, [start, stop])
         if hi > lo:
-            pending.append(source.read(start, stop).take(rows[lo:hi] - start))
+            block = source.read(start, stop).take(rows[lo:hi] - start)
+            if not same:
+                block = block.with_labels(reencode(block.labels, source.encoding,
+                                                   target.encoding, source.num_classes))
+            pending.append(block)
             buffered += int(hi - lo)
         while buffered >= out_chunk or (buffered and written + buffered == len(rows)):
             block = LabelRows.concat(pending)
@@ -331,9 +379,44 @@ def _image_classes(store: Store, labels: LabelStore, parent: Artifact) -> np.nda
     return image_labels(images.path).numpy()
 
 
+def parent_attrs(parent: Artifact) -> dict[str, Any]:
+    """A label store's group attributes (zarr.json) without opening its arrays."""
+    import json
+
+    try:
+        return json.loads((parent.path / GROUP / "zarr.json").read_text())["attributes"]
+    except (OSError, ValueError, KeyError):
+        raise ArtifactCorruptedError(parent.id, f"{GROUP}/zarr.json") from None
+
+
+def _tail_masses(source: LabelStore, rows: np.ndarray, k: int,
+                 temperatures: dict[str, float]) -> dict[str, float]:
+    """Mean over the kept rows' filled slots of 1 − Σ top-k softmax(z/T), for each T."""
+    sums = dict.fromkeys(temperatures, 0.0)
+    count = 0
+    for start, stop in _chunks(source):
+        lo, hi = np.searchsorted(rows, [start, stop])
+        if hi == lo:
+            continue
+        pick = rows[lo:hi] - start
+        logits = _dense(source, start, stop)[pick]
+        valid = torch.from_numpy(_read(source, "image_index", start, stop)[pick] >= 0)
+        count += int(valid.sum())
+        for key, t in temperatures.items():
+            sums[key] += float(tail_mass(logits, k, t)[valid].sum())
+    return {key: total / max(count, 1) for key, total in sums.items()}
+
+
 def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = False,
-          reporter: Reporter = SILENT, rows_per_chunk: int | None = None) -> Artifact:
-    """Make (or find) the pruned `labels` artifact of `parent` for `config`."""
+          reporter: Reporter = SILENT, rows_per_chunk: int | None = None,
+          tail_at: dict[str, float] | None = None) -> Artifact:
+    """Make (or find) the pruned `labels` artifact of `parent` for `config`.
+
+    `tail_at` ({metric name: T}) adds, when the result is top-k, the mean probability mass
+    its top-k drops at each temperature (measured on the source's labels; a reporting
+    choice, not part of the artifact's identity). Default: T = 1.
+    """
+    tail_at = tail_at or {"tail_mass_t1": 1.0}
     config.validate()
     if parent.kind != "labels":
         raise ConfigError(f"artifact {parent.short} is a {parent.kind}, not a labels store",
@@ -341,6 +424,13 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
     parent_ratio = float(parent.selectors.get("ratio") or 1.0)
     selectors = {**parent.selectors, "ratio": parent_ratio * config.ratio,
                  "granularity": config.granularity, "metric": config.metric}
+
+    source_encoding = Encoding.from_attributes(parent_attrs(parent))
+    encoding = config.encoding(source_encoding)
+    encoding.validate(parent_attrs(parent).get("num_classes"))
+    source_encoding.check_narrowing(encoding)
+    if encoding != source_encoding:
+        selectors["encoding"] = encoding.describe()
 
     def build(staging: Staging) -> dict[str, Any]:
         source = LabelStore.open(parent.path, parent.id)
@@ -350,9 +440,11 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
                   "granularity": config.granularity, "metric": config.metric,
                   "select": config.select, "calibrate_easy": config.calibrate_easy,
                   "calibrate_hard": config.calibrate_hard, "seed": config.seed}
-        target = LabelStore.create_layout(
-            staging.path, child_layout(source.layout, len(chosen.rows), rows_per_chunk),
-            pruned_attributes(source.attrs, parent.id, fields))
+        if encoding != source.encoding:
+            fields["source_id"] = parent.id  # the store whose labels these re-encode
+        layout = child_layout(source.layout, len(chosen.rows), rows_per_chunk)
+        target = LabelStore.create_layout(staging.path, layout.with_encoding(encoding),
+                                          pruned_attributes(source.attrs, parent.id, fields))
         task = reporter.task("copying kept rows", total=source.rows)
         copy_rows(source, chosen.rows, target, on_chunk=task.advance)
         task.close()
@@ -360,7 +452,10 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
         metrics: dict[str, Any] = {
             "rows": int(len(chosen.rows)), "parent_rows": source.rows, "ratio": config.ratio,
             "total_ratio": selectors["ratio"], "pool_units": chosen.pool_units,
-            "kept_units": chosen.kept_units, "kept_fraction": len(chosen.rows) / source.rows}
+            "kept_units": chosen.kept_units, "kept_fraction": len(chosen.rows) / source.rows,
+            "encoding": encoding.describe()}
+        if encoding.is_topk:
+            metrics.update(_tail_masses(source, chosen.rows, int(encoding.topk), tail_at))
         if chosen.score is not None and chosen.kept_score is not None:
             metrics["score_candidates_mean"] = float(chosen.score.mean())
             metrics["score_kept_mean"] = float(chosen.kept_score.mean())

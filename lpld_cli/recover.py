@@ -45,13 +45,15 @@ import torch
 import torch.nn.functional as F
 
 from lpld_cli import dist, stage_module
-from lpld_cli.data.augment import CROP_SCALE, resized_crop, sample_crop_boxes
+from lpld_cli.data.augment import CROP_SCALE, normalise, resized_crop, sample_crop_boxes
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.data.presets import Preset, get_preset
 from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.bn_stats import bn_layers
+from lpld_cli.models.evaluate import topk_correct
 from lpld_cli.models.recover_methods import RECOVER_METHODS
+from lpld_cli.models.schedule import cosine_decay
 from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.images import (
@@ -284,7 +286,7 @@ def synthesize(teacher: Teacher, config: RecoverConfig, units: list[Unit],
     iterations = config.iterations
     try:
         for it in range(iterations):
-            cosine = 0.5 * (1 + math.cos(math.pi * it / iterations))
+            cosine = cosine_decay(1.0, it, iterations)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * cosine
             min_scale = (CROP_SCALE[0] + (1 - CROP_SCALE[0]) * cosine
@@ -351,14 +353,13 @@ def _chunks(items: list, size: int) -> list[list]:
 def self_top1(teacher: Teacher, folder, device: torch.device) -> float:
     """Teacher top-1 on the saved (uint8) images, no augmentation."""
     images, labels, _ = load_image_set(folder)
-    mean = torch.tensor(teacher.data["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(teacher.data["std"], device=device).view(1, -1, 1, 1)
     correct = 0
     for start in range(0, len(images), 500):
-        x = (images[start:start + 500].to(device).float() / 255 - mean) / std
+        x = normalise(images[start:start + 500].to(device), teacher.data["mean"],
+                      teacher.data["std"])
         with autocast(device):
             logits = teacher.model(x).float()
-        correct += int((logits.argmax(1).cpu() == labels[start:start + 500]).sum())
+        correct += topk_correct(logits.cpu(), labels[start:start + 500], 1)
     return correct / len(images)
 
 

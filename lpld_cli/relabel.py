@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from lpld_cli import dist, stage_module
-from lpld_cli.checks import at_least, fill, one_of
+from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data import augment
 from lpld_cli.data.label_pool import random_pool_rows
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
@@ -50,10 +50,10 @@ from lpld_cli.device import PRECISIONS, check_precision, default_precision
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.teacher import group_logits, load_teacher
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.encoding import Encoding, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import (
     CODECS,
-    LOGITS_DTYPES,
     LabelRows,
     LabelStore,
     Layout,
@@ -87,13 +87,22 @@ class RelabelConfig:
     precision: str | None = None  # None: the device's default (fp32 CPU, bf16 CUDA)
     # label only the rows random pruning at this ratio keeps (1: every row)
     keep: float = 1.0
+    # label encoding (storage.encoding): top-k or q8/q4 instead of fp16 logits, written
+    # directly from the teacher's float32 logits
+    topk: int | None = None
+    topk_fill: str = "none"
+    fill_temperature: float | None = None  # lme only; None: the preset's training temperature
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(logits_dtype=self.logits_dtype, topk=self.topk,
+                        topk_fill=self.topk_fill, fill_temperature=self.fill_temperature)
 
     def validate(self) -> None:
         """Check every given value (None: unset, the preset decides)."""
         at_least("--epochs", self.epochs, 1)
         at_least("--batch-size", self.batch_size, 1)
         one_of("--mix", self.mix, augment.MIXES)
-        one_of("--logits-dtype", self.logits_dtype, LOGITS_DTYPES)
         one_of("--codec", self.codec, CODECS)
         at_least("--rows-per-chunk", self.rows_per_chunk, 1)
         at_least("--rows-per-shard", self.rows_per_shard, 1)
@@ -109,20 +118,28 @@ class RelabelConfig:
             raise ConfigError(f"--keep must be at least 1x (got {self.keep})",
                               "e.g. --keep 40x labels the 1/40 of the rows prune --ratio 40x "
                               "keeps")
+        positive("--fill-temperature", self.fill_temperature)
+        encoding = self.encoding
+        if encoding.topk_fill == "lme" and encoding.fill_temperature is None:
+            encoding = replace(encoding, fill_temperature=1.0)  # unset: the preset's
+        encoding.validate()
 
     def resolved(self, preset: Preset | None) -> RelabelConfig:
         """Unset fields take the preset's value (validates first; None: nothing to fill)."""
         self.validate()
         if preset is None:
             return self
+        lme = self.topk_fill == "lme"
         return fill(self, epochs=preset.relabel_epochs, batch_size=preset.relabel_batch_size,
-                    mix=preset.mix)
+                    mix=preset.mix, fill_temperature=preset.temperature if lme else None)
 
     def identity(self) -> dict[str, Any]:
-        """What names the label store (resolve first: the preset is the images' dataset's)."""
+        """What names the label store (resolve first: the preset is the images' dataset's).
+        The encoding fields only when set, so ids of stores made without them hold."""
         if None in (self.epochs, self.batch_size, self.mix):
             raise ValueError("identity() of an unresolved RelabelConfig")
-        return asdict(self)
+        return identity_dict(asdict(self), {"topk": None, "topk_fill": "none",
+                                            "fill_temperature": None})
 
     def with_precision(self, device: torch.device) -> RelabelConfig:
         """The config the identity records: the device's precision when none is given,
@@ -183,6 +200,8 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
         teacher = store.get(images.parents[0], kind="teacher")
     sel = images.selectors
     config = config.resolved(_preset_of(sel, config))
+    classes = images.metrics.get("classes")
+    config.encoding.validate(int(classes) if classes else None)  # before the teacher loads
     parents = [images.id, teacher.id]
     full_id = store.artifact_id("labels", config.full().identity(), parents)
 
@@ -229,7 +248,7 @@ def plan_store(config: RelabelConfig, geometry: Geometry, num_classes: int,
     """
     full = Layout(geometry.rows, config.batch_size, num_classes, config.logits_dtype,
                   config.codec, augment.CONTRACT, geometry.num_images, geometry.image_size,
-                  config.rows_per_chunk, config.rows_per_shard)
+                  config.rows_per_chunk, config.rows_per_shard).with_encoding(config.encoding)
     if config.keep <= 1:
         return full, attributes, np.arange(geometry.rows)
     rows = random_pool_rows(geometry.complete(), config.keep, config.seed)
@@ -460,7 +479,7 @@ class ShardBuffer:
         self.shard = shard
         self.start = label_store.shard_range(shard)[0]
         self.block = LabelRows.empty(label_store.layout, rows)
-        self.encoding = label_store.encoding
+        self.store = label_store
         b, c = label_store.batch_size, label_store.num_classes
         self.logits = torch.zeros(rows, b, c, dtype=torch.float32,
                                   pin_memory=device.type == "cuda")
@@ -488,7 +507,9 @@ class ShardBuffer:
         """The shard's rows with their logits encoded (called on the writer thread)."""
         if self.event is not None:
             self.event.synchronize()
-        self.block.arrays.update(self.encoding.encode(self.logits))
+        # encoded straight from the teacher's float32 logits: a top-k or quantized store
+        # never holds full-precision logits on disk
+        self.block.arrays.update(self.store.encode(self.logits))
         return self.block
 
 

@@ -11,7 +11,6 @@ rank 0 alone (one ordered pass).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +28,7 @@ from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import autocast, seed_everything
 from lpld_cli.errors import ConfigError, DataNotFoundError
 from lpld_cli.models.bn_stats import BN_STATS_MODES, bn_layers, class_bn_stats
-from lpld_cli.models.evaluate import evaluate
+from lpld_cli.models.evaluate import evaluate, topk_correct
 from lpld_cli.models.factory import (
     build_model,
     check_input,
@@ -37,6 +36,7 @@ from lpld_cli.models.factory import (
     load_weights,
     model_spec,
 )
+from lpld_cli.models.schedule import cosine_decay
 from lpld_cli.models.teacher import save_teacher
 from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
@@ -243,7 +243,7 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
     optimizer = torch.optim.SGD(decay_groups(model, config.weight_decay),
                                 lr=config.lr, momentum=0.9, nesterov=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+        optimizer, lambda step: cosine_decay(1.0, step, total))
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
     seen = 0
     model.train()
@@ -266,7 +266,7 @@ def _train_teacher(model: nn.Module, data: RealData, config: SqueezeConfig,
             optimizer.step()
             schedule.step()
             seen += size
-            correct += int((logits.argmax(1) == y).sum())
+            correct += topk_correct(logits, y, 1)
             count += len(y)
             task.advance(1, loss=float(loss.detach()) / w.size, acc=correct / count,
                          epoch=epoch + 1)

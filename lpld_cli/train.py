@@ -46,11 +46,18 @@ from lpld_cli.device import (
 )
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError, warn
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
-from lpld_cli.models.losses import LOSSES, student_loss
+from lpld_cli.models.losses import (
+    LOSSES,
+    TEMPERATURE_SCHEDULES,
+    calibrate_student_temperature,
+    student_loss,
+    temperature_at,
+)
 from lpld_cli.models.row_split import RowSplit, check_sync_bn
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.storage.encoding import SoftTarget, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.selection import select
 from lpld_cli.storage.store import Artifact, Staging, Store
@@ -90,10 +97,43 @@ class TrainConfig:
     # augmentation stream per seed, the upper bound; "relabel" replays relabel's stream of
     # the same seed (then online labels equal the unpruned store's: the equality check)
     online_stream: str | None = None
+    # LPQLD's temperature schedule (DKR) from `temperature` down to `temperature_min`,
+    # the student's temperature (same | a number | auto: LPQLD's CA calibration), and
+    # `hard_epochs` of cross-entropy on the classes in the middle of training (HALD)
+    temperature_schedule: str = "constant"
+    temperature_min: float = 2.0
+    temperature_step: int = 30
+    temperature_gamma: float = 0.7
+    student_temperature: str = "same"
+    hard_epochs: int = 0
     # torchrun: the number of ranks (DDP, each a slice of every row) and whether BatchNorm
     # is synchronised across them (CUDA only); in the identity only when world_size > 1
     world_size: int = 1
     sync_bn: bool = False
+
+    def __post_init__(self) -> None:
+        # one spelling per number ("1", "1.0", "1e0" name the same student)
+        if self.student_temperature not in ("same", "auto"):
+            try:
+                object.__setattr__(self, "student_temperature",
+                                   repr(float(self.student_temperature)))
+            except ValueError:
+                pass  # validate() reports it
+
+    def temperature_at(self, epoch: int) -> float:
+        """The teacher temperature of (0-based) `epoch` (resolve first)."""
+        if self.temperature is None or self.epochs is None:
+            raise ValueError("temperature_at() of an unresolved TrainConfig")
+        return temperature_at(self.temperature_schedule, epoch, self.epochs, self.temperature,
+                              self.temperature_min, self.temperature_step,
+                              self.temperature_gamma)
+
+    def hard_epoch(self, epoch: int) -> bool:
+        """Whether `epoch` is one of the `hard_epochs` in the middle of training."""
+        if self.epochs is None:
+            raise ValueError("hard_epoch() of an unresolved TrainConfig")
+        first = (self.epochs - self.hard_epochs) // 2
+        return first <= epoch < first + self.hard_epochs
 
     def validate(self) -> None:
         """Check every given value (None: unset, the preset decides)."""
@@ -119,6 +159,23 @@ class TrainConfig:
         one_of("mix", self.mix, MIXES)
         at_least("--seed", self.seed, 0)
         one_of("--precision", self.precision, PRECISIONS)
+        one_of("--temperature-schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        positive("--temperature-min", self.temperature_min)
+        at_least("--temperature-step", self.temperature_step, 1)
+        if not (math.isfinite(self.temperature_gamma) and 0 < self.temperature_gamma <= 1):
+            raise ConfigError(f"--temperature-gamma must be in (0, 1] (got "
+                              f"{self.temperature_gamma})")
+        if self.student_temperature not in ("same", "auto"):
+            try:
+                value = float(self.student_temperature)
+            except ValueError:
+                value = math.nan
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--student-temperature must be same, auto or a positive "
+                                  f"number (got {self.student_temperature!r})")
+        at_least("--hard-epochs", self.hard_epochs, 0)
+        if self.epochs is not None and not self.hard_epochs < self.epochs:
+            raise ConfigError(f"--hard-epochs must be in [0, --epochs) (got {self.hard_epochs})")
         if self.online_stream is not None:
             if self.labels is not None and self.labels != "online":
                 raise ConfigError("--online-stream applies to --labels online only")
@@ -147,10 +204,12 @@ class TrainConfig:
             out["online_stream"] = self.online_stream or "fresh"
         else:
             out.pop("online_stream")
-        if self.world_size == 1:  # one process: the ids are those of before torchrun
-            out.pop("world_size")
-            out.pop("sync_bn")
-        return out
+        # options still at their defaults are left out, so students made before the
+        # temperature options existed keep their ids
+        return identity_dict(out, {
+            "temperature_schedule": "constant", "temperature_min": 2.0, "temperature_step": 30,
+            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0,
+            "world_size": 1, "sync_bn": False})
 
 
 # --------------------------------------------------------------------- the pieces
@@ -215,6 +274,10 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
             raise ConfigError(f"label store {labels.short} labels images "
                               f"{str(pool.images_id)[:12]}, not {images.short}",
                               "train on the label store's own images")
+        if config.loss != "kl" and pool.encoding.is_topk:
+            raise ConfigError(f"--loss {config.loss} needs full logits; label store "
+                              f"{labels.short} holds {pool.encoding.describe()}",
+                              "use --loss kl with top-k labels")
         config = replace(config, mix=pool.mix)  # stored rows carry their own augmentation
         stored_epochs = len(pool.sampler(config.seed).epochs)
         if pool.order == "sequential" and config.epochs > stored_epochs:
@@ -278,7 +341,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     y_all = classes.to(device)
     teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
     probe = _test_subset(data, PROBE_IMAGES)
-    loss_fn = student_loss(config.loss, config.temperature)
+    loss_fn = student_loss(config.loss)
 
     state = _load_checkpoint(staging, model, optimizer)
     split = RowSplit(model, device, config.sync_bn)  # this rank's slots of each row (DDP)
@@ -288,6 +351,12 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     label_seconds, step_seconds = state["label_seconds"], state["step_seconds"]
     if start_epoch:
         reporter.log(f"resuming the student from epoch {start_epoch}/{config.epochs}")
+    # LPQLD's CA starts from t = 1 and re-calibrates after every epoch
+    student_t = {"same": None, "auto": 1.0}.get(config.student_temperature)
+    if student_t is None and config.student_temperature != "same":
+        student_t = float(config.student_temperature)
+    if config.student_temperature == "auto" and history:
+        student_t = history[-1]["student_temperature_next"]
 
     prefetch = (Prefetcher(pool, pool.sampler(config.seed), start_epoch, config.epochs,
                            pin=device.type == "cuda") if pool is not None else None)
@@ -301,10 +370,13 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                 group["lr"] = lr
             started = time.perf_counter()
             total_loss, steps = 0.0, 0
+            temperature = config.temperature_at(epoch)
+            hard = config.hard_epoch(epoch)
+            last: tuple[torch.Tensor, SoftTarget] | None = None
             if prefetch is not None:
                 wait_before = prefetch.wait_seconds
-                batches: Iterator[tuple[Row, torch.Tensor | None]] = (
-                    (b.row, b.logits) for b in prefetch.epoch(epoch))
+                batches: Iterator[tuple[Row, SoftTarget | None]] = (
+                    (b.row, b.target) for b in prefetch.epoch(epoch))
             else:
                 stream = ("online" if config.labels == "online"
                           and (config.online_stream or "fresh") == "fresh" else "relabel")
@@ -321,14 +393,19 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     target = stored[:valid].to(device, non_blocking=True)
                 elif teacher is not None:
                     t0 = time.perf_counter()
-                    target = teacher_logits(teacher, x_all, row, device,
-                                            config.precision)[:valid]
+                    target = SoftTarget(logits=teacher_logits(teacher, x_all, row, device,
+                                                              config.precision)[:valid])
                     label_seconds += time.perf_counter() - t0
                 with precision_autocast(device, config.precision):
                     out = split.net(x)
                 out = split.whole(out.float(), valid)  # every rank's slots: the whole row
                 y = y_all[row.image_index[:valid].to(device, torch.long)]
-                loss = loss_fn(out, target, y, row)
+                if hard:  # HALD's hard-label phase
+                    loss = loss_fn(out, None, y, row, temperature, student_t)
+                else:
+                    loss = loss_fn(out, target, y, row, temperature, student_t)
+                    if target is not None and config.loss == "kl":
+                        last = (out.detach(), target)
                 optimizer.zero_grad(set_to_none=True)
                 split.backward(loss)
                 optimizer.step()
@@ -341,6 +418,13 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1),
                                       "lr": lr, "steps": steps,
                                       "seconds": round(time.perf_counter() - started, 4)}
+            if config.labels != "hard":
+                record.update(temperature=temperature, hard=hard,
+                              student_temperature=student_t or temperature)
+            if config.student_temperature == "auto":
+                if last is not None:  # LPQLD's CA on the epoch's last batch
+                    student_t = calibrate_student_temperature(last[0], last[1], temperature)
+                record["student_temperature_next"] = student_t
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
                 record["test_top1_subset"] = split.evaluate(probe, device)["top1"]
             history.append(record)
@@ -374,6 +458,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             "label_rows_used": len(used_rows),
             "label_pool_bytes": _disk_bytes(labels) if pool is not None else 0,
             "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
+            "student_temperature_last": history[-1].get("student_temperature"),
             "train_seconds": round(step_seconds, 3),
             "epoch_seconds": [r.get("seconds") for r in history]}
 

@@ -198,3 +198,20 @@ def test_student_temperature_calibration_finds_the_matching_scale():
     student = teacher / 8  # s / t = z / T at t = 0.5: the KL is zero there
     found = calibrate_student_temperature(student, SoftTarget(logits=teacher), t)
     assert abs(found - 0.5) < 0.006
+
+
+def test_hard_epochs_sit_in_the_middle_and_bad_train_options():
+    from lpld_cli.train import TrainConfig
+
+    config = TrainConfig(epochs=10, hard_epochs=2)
+    assert [e for e in range(10) if config.hard_epoch(e)] == [4, 5]
+    assert not any(TrainConfig(epochs=10).hard_epoch(e) for e in range(10))
+    for bad, why in [({"temperature_schedule": "linear"}, "unknown --temperature-schedule"),
+                     ({"student_temperature": "hot"}, "same, auto or a positive number"),
+                     ({"student_temperature": "-1"}, "same, auto or a positive number"),
+                     ({"temperature_gamma": 1.5}, "gamma"), ({"hard_epochs": 10}, "hard-epochs"),
+                     ({"temperature_step": 0}, "temperature-step")]:
+        with pytest.raises(ConfigError, match=why):
+            TrainConfig(epochs=10, **bad).validate()
+    assert TrainConfig(temperature_schedule="cosine", temperature=20.0, temperature_min=1.0,
+                       epochs=10).temperature_at(5) == pytest.approx(10.5)

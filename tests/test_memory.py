@@ -51,8 +51,8 @@ _SCRIPT = textwrap.dedent("""
     pool = LabelPool(LabelStore.open(root / "a"), cache_bytes=8 << 20)
     total = 0.0
     for i in range(rows):
-        row, logits = pool.get(i)
-        total += float(logits[0, 0])
+        row, target = pool.get(i)  # full logits: target.logits
+        total += float(target.logits[0, 0])
     after_read = peak_mb()
     keep = np.arange(0, rows, 2)
     target = LabelStore.create(root / "b", len(keep), b, c, codec="none", rows_per_chunk=chunk,

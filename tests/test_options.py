@@ -16,7 +16,7 @@ from lpld_cli.cli import app
 # Options where 0 is a meaningful value (−1 is still an error for every one of them).
 ZERO_OK = {
     "--seed", "--jitter", "--r-bn", "--first-bn-multiplier", "--threads", "--calibrate-easy",
-    "--calibrate-hard", "--weight-decay", "--warmup-epochs", "--eval-every",
+    "--calibrate-hard", "--weight-decay", "--warmup-epochs", "--eval-every", "--hard-epochs",
 }
 # Arguments a command needs; squeeze's --data makes an accepted value stop at loading the data.
 # (A required positional argument gets a 12-hex artifact prefix that matches nothing.)

@@ -30,3 +30,31 @@ def test_every_device_gets_its_own_tables_cpu_first(tmp_path: Path) -> None:
     for link in [line for line in text.splitlines() if line.startswith("![")]:
         png = link.split("](")[1].rstrip(")")
         assert (tmp_path / png).is_file(), link  # links resolve from RESULTS.md's folder
+
+
+def test_the_demo_section_renders_its_steps_students_and_plot(tmp_path: Path) -> None:
+    """benchmarks/demo.py's JSON: a section with the wall time, every step, every student
+    and a plot link that resolves; step times parsed from pipeline.sh's own stderr lines."""
+    from benchmarks.demo import PLOT, step_times
+
+    stderr = "\n== lpld squeeze --dataset fashion-mnist\nnoise\n   (61 s)\n\n== lpld recover " \
+             "--ipc 10\n   (95 s)\n"
+    steps = step_times(stderr)
+    assert steps == [{"step": "squeeze --dataset fashion-mnist", "seconds": 61},
+                     {"step": "recover --ipc 10", "seconds": 95}]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / PLOT).write_bytes(b"\x89PNG")
+    students = [{"id": "a" * 64, "labels": "stored", "ratio": "40x", "top1": 0.8125,
+                 "label_bytes": 123456},
+                {"id": "b" * 64, "labels": "hard", "ratio": None, "top1": 0.5, "label_bytes": 0}]
+    (results / "demo.json").write_text(json.dumps(
+        {"wall_s": 540.0, "steps": steps, "students": students, "figure": PLOT,
+         "meta": {"cpus": 2, "device": {}}}))
+    text = regenerate_results(results, tmp_path / "RESULTS.md").read_text()
+    section = text.split("## The README demo")[1]
+    assert "**9.0 min**" in section and "| `lpld recover --ipc 10` | 95 |" in section
+    assert "| aaaaaaaaaaaa | stored | 40x | 81.2% | 123,456 |" in section
+    assert "| bbbbbbbbbbbb | hard | — | 50.0% | 0 |" in section
+    link = [line for line in section.splitlines() if line.startswith("![")][0]
+    assert (tmp_path / link.split("](")[1].rstrip(")")).is_file()

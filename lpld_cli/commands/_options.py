@@ -119,7 +119,7 @@ def _store(option: str | None) -> Store:
 
 
 # Datasets whose files never change under their path (an id does not hash them).
-FIXED_DATASETS = ("fashion-mnist", "mnist")
+FIXED_DATASETS = ("fashion-mnist", "mnist", "fashion-mnist-pairs")
 
 # The artifact a command reads (show, export, report lineage).
 ArtifactRef = Annotated[str, typer.Argument(help="An artifact id (or a unique prefix).",

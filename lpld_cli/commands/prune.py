@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
-from lpld_cli.checks import at_least, parse_ratio
+from lpld_cli.checks import at_least, parse_ratio, positive
 from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
 from lpld_cli.commands._ui import RichReporter, emit, info
+from lpld_cli.data.presets import DATASETS, get_preset
 from lpld_cli.data.scores import PRUNE_METRICS
-from lpld_cli.prune import SELECTIONS, PruneConfig, prune
+from lpld_cli.prune import SELECTIONS, PruneConfig, parent_attrs, prune
 
 
 @common_options
@@ -46,6 +48,24 @@ def command(
              "--metric then picks from the rest (the paper: random).")] = 0.0,
     calibrate_hard: Annotated[float, typer.Option(
         help="First drop this fraction [0, 1) of the least confident rows (Table 5b).")] = 0.0,
+    topk: Annotated[int | None, typer.Option(
+        help="Re-encode to the K largest logits per slot (fp16 values, LPQLD's top-k); "
+             "1 ≤ K < classes, and K ≤ the parent's K. Re-encoding only narrows.",
+        show_default=False)] = None,
+    topk_fill: Annotated[str | None, typer.Option(
+        help="none | min | lme (with --topk): what the other classes get [default: the "
+             "parent's fill, none from full logits].", show_default=False)] = None,
+    fill_temperature: Annotated[float | None, typer.Option(
+        help="The temperature at which an lme fill is exact [default: the parent's, else "
+             "--temperature].", show_default=False)] = None,
+    logits_dtype: Annotated[str | None, typer.Option(
+        help="Re-encode full logits to float16 | bfloat16 | float32 | q8 | q4 (fewer bits "
+             "only) [default: the parent's].", show_default=False)] = None,
+    temperature: Annotated[float | None, typer.Option(
+        help="T₀ at which the reported tail mass (what top-k drops) is measured "
+             "[default: the preset's training temperature].", show_default=False)] = None,
+    temperature_min: Annotated[float, typer.Option(
+        help="The schedule's lowest T, where the tail mass is measured too.")] = 2.0,
     from_: Annotated[str | None, typer.Option(
         "--from", help="The label store to prune (an id or prefix; may itself be pruned) "
                        "[default: the unpruned one matching --ipc/--dataset/--method].",
@@ -54,21 +74,39 @@ def command(
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
     at_least("--ipc", ipc, 1)
+    positive("--temperature", temperature)
+    positive("--temperature-min", temperature_min)
     config = PruneConfig(ratio=parse_ratio(ratio), granularity=granularity, metric=metric,
                          select=select, calibrate_easy=calibrate_easy,
-                         calibrate_hard=calibrate_hard, seed=common.seed)
+                         calibrate_hard=calibrate_hard, seed=common.seed,
+                         logits_dtype=logits_dtype, topk=topk, topk_fill=topk_fill,
+                         fill_temperature=fill_temperature)
     config.validate()
     if from_ is not None:
         parent = resolve_parent(common, "labels", from_)
     else:
         parent = resolve_parent(common, "labels", None, newest, ipc=ipc, dataset=dataset,
                                 method=method, ratio=1.0)
+    t0 = temperature or _preset_temperature(parent.selectors)
+    if (config.topk_fill == "lme" and config.fill_temperature is None
+            and parent_attrs(parent).get("topk_fill") != "lme"):
+        config = replace(config, fill_temperature=t0)
     with RichReporter() as reporter:
-        artifact = prune(common.store, config, parent, force=common.force, reporter=reporter)
+        artifact = prune(common.store, config, parent, force=common.force, reporter=reporter,
+                         tail_at={"tail_mass_t0": t0, "tail_mass_tmin": temperature_min})
     m = artifact.metrics
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     how = config.metric + (f"/{config.select}" if config.select else "")
     emit(common.result("prune", artifact, m), common.json,
          f"labels {artifact.id}\n  kept {m['rows']} of {m['parent_rows']} rows "
          f"({config.ratio:g}x, {config.granularity}, {how}; {m['total_ratio']:g}x of the "
-         f"unpruned store)\n  {artifact.path}")
+         f"unpruned store)" + (f"\n  {m['encoding']}" if "encoding" in m else "")
+         + (f"; top-k drops {100 * m['tail_mass_t0']:.2f}% of the mass at T₀, "
+            f"{100 * m['tail_mass_tmin']:.2f}% at T_min" if "tail_mass_t0" in m else "")
+         + f"\n  {artifact.path}")
+
+
+def _preset_temperature(selectors: dict) -> float:
+    """The training temperature of the store's recipe (or dataset) preset; 1 without one."""
+    name = selectors.get("recipe") or selectors.get("dataset") or "fashion-mnist"
+    return get_preset(name).temperature if name in DATASETS else 1.0

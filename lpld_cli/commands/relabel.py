@@ -46,7 +46,20 @@ def command(
     mix: Annotated[str | None, typer.Option(
         help="cutmix | none [default: the dataset preset's].", show_default=False)] = None,
     logits_dtype: Annotated[str, typer.Option(
-        help="float16 | bfloat16 | float32.")] = "float16",
+        help="float16 | bfloat16 | float32 | q8 | q4 (q8/q4: codes from each slot's maximum "
+             "with one fp16 scale per slot; with --topk the values are float16).")
+    ] = "float16",
+    topk: Annotated[int | None, typer.Option(
+        help="Store only the K largest logits of each slot (fp16) and their classes "
+             "(LPQLD's label quantization); 1 ≤ K < classes [default: full logits].",
+        show_default=False)] = None,
+    topk_fill: Annotated[str, typer.Option(
+        help="none | min | lme: what the other classes get (with --topk). none: no mass "
+             "(LPQLD's MR); min: the slot's minimum logit (LPQLD's MRS); lme: one fill logit "
+             "reproducing FKD's marginal smoothing at --fill-temperature.")] = "none",
+    fill_temperature: Annotated[float | None, typer.Option(
+        help="The temperature at which an lme fill is exact [default: the preset's training "
+             "temperature].", show_default=False)] = None,
     codec: Annotated[str, typer.Option(help="zstd | lz4 | gzip | none (Blosc zstd/lz4 with "
                                        "byte shuffle).")] = "zstd",
     rows_per_chunk: Annotated[int | None, typer.Option(
@@ -87,7 +100,8 @@ def command(
                           logits_dtype=logits_dtype, codec=codec,
                           rows_per_chunk=rows_per_chunk, rows_per_shard=rows_per_shard,
                           rows_per_forward=rows_per_forward, precision=precision,
-                          keep=keep_ratio, seed=common.seed)
+                          keep=keep_ratio, seed=common.seed, topk=topk, topk_fill=topk_fill,
+                          fill_temperature=fill_temperature)
     given.validate()
     given.with_precision(common.device)  # a precision this device cannot run
     images = resolve_parent(common, "images", from_, newest, ipc=ipc, dataset=dataset,

@@ -64,6 +64,22 @@ def command(
     temperature: Annotated[float | None, typer.Option(
         help="Softmax temperature T of --loss kl; no T² factor is applied (as the authors "
              "on ImageNet-1K) [default: the preset's].", show_default=False)] = None,
+    temperature_schedule: Annotated[str, typer.Option(
+        help="constant | step | cosine (LPQLD's DKR): step T(e) = max(T_min, T·γ^⌊e/s⌋); "
+             "cosine from T to T_min over the run.")] = "constant",
+    temperature_min: Annotated[float, typer.Option(
+        help="The schedule's floor T_min (LPQLD: 2 for step).")] = 2.0,
+    temperature_step: Annotated[int, typer.Option(
+        help="Epochs s between two steps of the step schedule (LPQLD: 30 of 300).")] = 30,
+    temperature_gamma: Annotated[float, typer.Option(
+        help="Factor γ of each step (LPQLD: 0.7).")] = 0.7,
+    student_temperature: Annotated[str, typer.Option(
+        help="same (the teacher's T) | a number | auto (LPQLD's CA: after each epoch the t "
+             "in linspace(0.01, 1, 100) minimising the KL on the last batch; recorded per "
+             "epoch in the student's metrics).")] = "same",
+    hard_epochs: Annotated[int, typer.Option(
+        help="Epochs of cross-entropy on the classes in the middle of training (HALD) "
+             "instead of the soft labels.")] = 0,
     loss: Annotated[str, typer.Option(
         help="kl: KL(softmax(t/T) ‖ softmax(s/T)), batch mean; mse-gt: MSE on logits + "
              "0.1 × CE on the true labels (G-VBSM, Table 9).")] = "kl",
@@ -119,7 +135,10 @@ def command(
         model=model, width=width, depth=depth, labels=mode, epochs=epochs,
         batch_size=batch_size, loss=loss, temperature=temperature, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=common.seed,
-        online_stream=online_stream, sync_bn=sync_bn)
+        online_stream=online_stream, temperature_schedule=temperature_schedule,
+        temperature_min=temperature_min, temperature_step=temperature_step,
+        temperature_gamma=temperature_gamma, student_temperature=student_temperature,
+        hard_epochs=hard_epochs, sync_bn=sync_bn)
     given.validate()
     if mode == "stored":
         if labels is not None:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lpld_cli.data import fashion_pairs
+from lpld_cli.data.augment import normalise
 from lpld_cli.data.geometry import FolderInfo, image_files, inspect_folder, recipe_for
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import loader_workers
@@ -122,11 +124,7 @@ class RealData:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images to the preset's normalised space."""
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        mean = torch.tensor(self.preset.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.preset.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalise(x, self.preset.mean, self.preset.std)
 
     def batches(self, split: str, batch_size: int, device: torch.device, *,
                 augment: bool = False, shuffle: bool = False, seed: int = 0, stream: str = "",
@@ -330,6 +328,16 @@ def load_idx_dataset(name: str, data: str | None) -> RealData:
     return RealData(name, get_preset(name), classes,
                     train_images=arrays["train"][0], train_labels=arrays["train"][1],
                     test_images=arrays["test"][0], test_labels=arrays["test"][1])
+
+
+def load_fashion_pairs(name: str, data: str | None) -> RealData:
+    """Fashion-MNIST pairs (`fashion_pairs`, 100 classes) from the Fashion-MNIST IDX files."""
+    base = load_idx_dataset("fashion-mnist", data)
+    train_x, train_y = fashion_pairs.make_pairs(base.train_images, base.train_labels, "train")
+    test_x, test_y = fashion_pairs.make_pairs(base.test_images, base.test_labels, "test")
+    return RealData(name, get_preset(name), fashion_pairs.class_names(base.class_names),
+                    train_images=train_x, train_labels=train_y, test_images=test_x,
+                    test_labels=test_y)
 
 
 def load_folder_dataset(name: str, data: str | None, preset: Preset | None = None

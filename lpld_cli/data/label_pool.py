@@ -26,6 +26,7 @@ import torch
 
 from lpld_cli.data.augment import Row, crop_pixels
 from lpld_cli.errors import ConfigError
+from lpld_cli.storage.encoding import SoftTarget
 from lpld_cli.storage.labels import LabelRows, LabelStore
 from lpld_cli.storage.store import Artifact
 
@@ -81,13 +82,18 @@ CACHE_BYTES = 1 << 30
 
 @dataclass
 class PoolBatch:
-    """One training step's labels: the stored row (augmentation) and its teacher logits."""
+    """One training step's labels: the stored row (augmentation) and its teacher signal."""
 
     epoch: int
     step: int
     row_id: int
     row: Row
-    logits: torch.Tensor  # float32 [B, C] (CPU, pinned on CUDA runs)
+    target: SoftTarget  # float32 (CPU, pinned on CUDA runs): full logits or top-k
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """Full logits [B, C] (None for a top-k store)."""
+        return self.target.logits
 
 
 class LabelPool:
@@ -103,9 +109,6 @@ class LabelPool:
             if key not in attrs:
                 raise ConfigError(f"label store {artifact_id[:12]} lacks the attribute {key!r}",
                                   "make it with `lpld relabel` (and `lpld prune`)")
-        if "logits" not in store.group:
-            raise ConfigError(f"label store {artifact_id[:12]} holds no full logits",
-                              "training from quantized (top-k) labels is not supported yet")
         self.batch_size = store.batch_size
         self.num_classes = store.num_classes
         self.rows = store.rows
@@ -116,10 +119,11 @@ class LabelPool:
         self.teacher_id = attrs.get("teacher_id")
         self.logits_dtype = attrs.get("logits_dtype", "float16")
         self.replay = store.replay  # the replay contract the rows were labelled under
+        self.encoding = store.encoding
         granularity = attrs.get("granularity")
         self.order = granularity if granularity in ("batch", "epoch") else "sequential"
         self.batch_id = np.asarray(store.arrays["batch_id"][:], dtype=np.int64)
-        self._cache: OrderedDict[int, tuple[LabelRows, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[LabelRows, SoftTarget, int]] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
 
@@ -133,31 +137,33 @@ class LabelPool:
     def sampler(self, seed: int) -> RowSampler:
         return RowSampler(self.batch_id, self.batches_per_epoch, self.order, seed)
 
-    def _chunk(self, k: int) -> tuple[LabelRows, torch.Tensor]:
-        """Chunk `k`: its rows and its logits decoded to float32 (LRU-cached)."""
+    def _chunk(self, k: int) -> tuple[LabelRows, SoftTarget]:
+        """Chunk `k`: its rows and its labels decoded to float32 (LRU-cached)."""
         if k in self._cache:
             self._cache.move_to_end(k)
-            return self._cache[k]
+            rows, target, _ = self._cache[k]
+            return rows, target
         chunk = self.store.rows_per_chunk
         rows = self.store.read(k * chunk, min((k + 1) * chunk, self.rows))
-        logits = self.store.logits(rows)
-        size = logits.numel() * 4 + rows.crop.nbytes + rows.image_index.nbytes
-        self._cache[k] = (rows, logits)
+        target = self.store.target(rows)
+        size = sum(t.numel() * t.element_size() for t in
+                   (target.logits, target.values, target.index, target.fill) if t is not None)
+        size += rows.crop.nbytes + rows.image_index.nbytes
+        self._cache[k] = (rows, target, size)
         self._cache_bytes += size
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
-            _, (old_rows, old_logits) = self._cache.popitem(last=False)
-            self._cache_bytes -= old_logits.numel() * 4 + old_rows.crop.nbytes + \
-                old_rows.image_index.nbytes
-        return rows, logits
+            _, (_rows, _target, old) = self._cache.popitem(last=False)
+            self._cache_bytes -= old
+        return rows, target
 
-    def get(self, row_id: int) -> tuple[Row, torch.Tensor]:
-        """One stored row: its augmentation and its float32 logits [B, C]."""
+    def get(self, row_id: int) -> tuple[Row, SoftTarget]:
+        """One stored row: its augmentation and its float32 teacher signal [B, …]."""
         if not 0 <= row_id < self.rows:
             raise IndexError(f"row {row_id} outside the pool of {self.rows}")
         chunk = self.store.rows_per_chunk
-        rows, logits = self._chunk(row_id // chunk)
+        rows, target = self._chunk(row_id // chunk)
         j = row_id % chunk
-        return row_from_store(rows, j, self.image_size), logits[j]
+        return row_from_store(rows, j, self.image_size), target[j]
 
 
 class RowSampler:
@@ -223,10 +229,10 @@ class Prefetcher:
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 for step, row_id in enumerate(self.sampler.epoch_rows(epoch)):
-                    row, logits = self.pool.get(int(row_id))
+                    row, target = self.pool.get(int(row_id))
                     if self.pin:
-                        logits = logits.pin_memory()
-                    if not self._put(PoolBatch(epoch, step, int(row_id), row, logits)):
+                        target = target.pin_memory()
+                    if not self._put(PoolBatch(epoch, step, int(row_id), row, target)):
                         return
             self._put(self._END)
         except BaseException as exc:  # hand any reader error to the training loop

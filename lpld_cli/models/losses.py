@@ -5,8 +5,8 @@
 - `mse-gt`: MSE on the logits + MSE_GT_CE_WEIGHT × cross-entropy on the true classes;
 - hard labels: cross-entropy on the classes, λ-mixed with the CutMix partners' classes.
 
-`student_loss(name, T)` builds the loss of a config once; train calls it every step with
-(student logits, teacher logits or None, classes, row).
+`student_loss(name)` builds the loss of a config once; train calls it every step with
+(student logits, teacher target or None, classes, row, T of the epoch, student T or None).
 
 Top-k soft targets and temperatures (LPQLD, issue 15): `soft_kl` takes a
 `storage.encoding.SoftTarget` (full logits or the top-k triple) and never builds a C-wide
@@ -33,8 +33,9 @@ LOSSES = ("kl", "mse-gt")
 # G-VBSM's loss ("Ours+", Table 9): MSE on logits + this weight × CE on the true labels.
 MSE_GT_CE_WEIGHT = 0.1
 
-# (student logits [B, C], teacher logits [B, C] or None, classes [B], row) -> scalar loss
-Loss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Row], torch.Tensor]
+# (student logits [B, C], teacher target or None, classes [B], row, T, student T or None)
+Loss = Callable[[torch.Tensor, SoftTarget | None, torch.Tensor, Row, float, float | None],
+                torch.Tensor]
 
 
 def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,18 +61,22 @@ def mse_gt_loss(student: torch.Tensor, teacher: torch.Tensor, classes: torch.Ten
     return F.mse_loss(student, teacher) + MSE_GT_CE_WEIGHT * mixed_ce(student, classes, row)
 
 
-def student_loss(name: str, temperature: float) -> Loss:
-    """The loss of a train config: soft targets use `name`; a None target is a hard label."""
+def student_loss(name: str) -> Loss:
+    """The loss of a train config: soft targets use `name` (kl: `soft_kl`, any encoding, at
+    the epoch's T and the student's T_s); a None target is a hard label."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}")
 
-    def loss(student: torch.Tensor, target: torch.Tensor | None, classes: torch.Tensor,
-             row: Row) -> torch.Tensor:
+    def loss(student: torch.Tensor, target: SoftTarget | None, classes: torch.Tensor,
+             row: Row, temperature: float, student_temperature: float | None = None
+             ) -> torch.Tensor:
         if target is None:
             return mixed_ce(student, classes, row)
         if name == "kl":
-            return kl_loss(student, target, temperature)
-        return mse_gt_loss(student, target, classes, row)
+            return soft_kl(student, target, temperature, student_temperature)
+        if target.logits is None:
+            raise ValueError("--loss mse-gt needs full logits, not top-k")
+        return mse_gt_loss(student, target.logits, classes, row)
 
     return loss
 

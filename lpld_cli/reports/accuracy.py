@@ -5,17 +5,35 @@ Rows are plain dicts (the `--json` payload); the commands only format them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from lpld_cli.errors import ConfigError
 from lpld_cli.reports.units import UNITS, pick_unit
+from lpld_cli.storage.encoding import Encoding
+from lpld_cli.storage.labels import GROUP
 from lpld_cli.storage.store import Artifact, Store
 
 
 def disk_bytes(artifact: Artifact) -> int:
     """The payload's bytes on disk, from the manifest."""
     return artifact.payload_bytes
+
+
+def pool_encoding(store: Store, student: Artifact) -> str | None:
+    """How the student's label pool encodes its labels (`float16`, `q4`, `top-5 min`, …)."""
+    if student.selectors.get("labels") != "stored":
+        return None
+    for ref in student.parents[1:]:
+        found = store.find("labels", ref)
+        if found is not None:
+            try:
+                meta = json.loads((found.path / GROUP / "zarr.json").read_text())
+                return Encoding.from_attributes(meta.get("attributes", {})).describe()
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 # ----------------------------------------------------------------------- accuracy
@@ -28,7 +46,8 @@ def accuracy_rows(store: Store) -> list[dict[str, Any]]:
         rows.append({
             "id": student.id, "dataset": sel.get("dataset"), "method": sel.get("method"),
             "ipc": sel.get("ipc"), "labels": sel.get("labels"), "ratio": sel.get("ratio"),
-            "granularity": sel.get("granularity"), "model": student.config.get("model"),
+            "granularity": sel.get("granularity"),
+            "encoding": pool_encoding(store, student), "model": student.config.get("model"),
             "epochs": m.get("epochs"), "top1": m.get("top1"), "top5": m.get("top5"),
             "label_rows": m.get("label_rows", 0), "label_bytes": m.get("label_pool_bytes", 0),
             "image_bytes": disk_bytes(images) if images is not None else None,

@@ -26,30 +26,28 @@ import numpy as np
 import torch
 
 from lpld_cli.checks import at_least
+from lpld_cli.data.augment import normalise
 from lpld_cli.data.datasets import load_dataset
 from lpld_cli.device import autocast
 from lpld_cli.errors import ConfigError
 from lpld_cli.models.factory import penultimate_features
 from lpld_cli.models.teacher import Teacher, load_teacher
 from lpld_cli.progress import SILENT, Reporter
+from lpld_cli.reports import DEFAULT_REAL_PER_CLASS
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.store import Artifact, Store
-
-DEFAULT_REAL_PER_CLASS = 100
 
 
 @torch.no_grad()
 def features(teacher: Teacher, images: torch.Tensor, device: torch.device,
              batch_size: int = 500) -> torch.Tensor:
     """Penultimate features [N, D] (float32, CPU) of uint8 or [0, 1] images [N, C, H, W]."""
-    mean = torch.tensor(teacher.data["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(teacher.data["std"], device=device).view(1, -1, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = normalise(images[start:start + batch_size].to(device), teacher.data["mean"],
+                      teacher.data["std"])
         with autocast(device):
-            out.append(penultimate_features(teacher.model, (x - mean) / std).float().cpu())
+            out.append(penultimate_features(teacher.model, x).float().cpu())
     return torch.cat(out)
 
 

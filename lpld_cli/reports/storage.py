@@ -25,12 +25,14 @@ from lpld_cli.checks import at_least
 from lpld_cli.data.augment import CONTRACT
 from lpld_cli.data.presets import DATASETS
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.labels import COMPONENTS, GROUP, LOGITS_DTYPES, LabelStore, Layout
+from lpld_cli.storage.encoding import Encoding
+from lpld_cli.storage.labels import COMPONENTS, GROUP, LabelStore, Layout, child_layout
 from lpld_cli.storage.store import Artifact, Store
 
-# Classes of each dataset, for --plan (a plan reads no data).
 # A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
 FS_BLOCK = 4096
+# The logits dtypes the authors' torch.save layout can hold (one logit per class).
+_TORCH_DTYPES = ("float16", "bfloat16", "float32")
 
 
 # ------------------------------------------------------------------ the authors' layout
@@ -75,7 +77,10 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _array_logical(layout: Layout, name: str) -> int:
-    spec = layout.specs()[name]
+    """Uncompressed bytes of one array (0 for an array this encoding does not write)."""
+    spec = layout.specs().get(name)
+    if spec is None:
+        return 0
     return int(layout.rows * math.prod(spec.trailing) * np.dtype(spec.dtype).itemsize)
 
 
@@ -105,13 +110,14 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     labels = LabelStore.open(artifact.path, artifact.id)
     attrs = labels.attrs
     rows, batch, classes = labels.rows, labels.batch_size, labels.num_classes
-    dtype = attrs.get("logits_dtype", "float16")
+    encoding = labels.encoding
+    dtype = encoding.logits_dtype
     group = artifact.path / GROUP
     components = {}
     for component, arrays in COMPONENTS.items():
         components[component] = {
             "logical_bytes": sum(_array_logical(labels.layout, a) for a in arrays),
-            "disk_bytes": sum(_folder_bytes(group / a) for a in arrays)}
+            "disk_bytes": sum(_folder_bytes(group / a) for a in arrays if (group / a).is_dir())}
     logical = sum(c["logical_bytes"] for c in components.values())
     disk = _folder_bytes(group)  # components plus the group's own metadata
     images_id = attrs.get("images_id") or (artifact.parents[0] if artifact.parents else None)
@@ -121,11 +127,14 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     row = {"artifact": artifact.id, "kind": "labels", "dataset": sel.get("dataset"),
            "ipc": sel.get("ipc"), "ratio": sel.get("ratio"), "rows": rows,
            "batch_size": batch, "num_classes": classes, "logits_dtype": dtype,
+           "encoding": encoding.describe(), "topk": encoding.topk,
            "components": components, "logical_bytes": logical, "disk_bytes": disk,
            "files": labels.files(), "image_bytes": img_bytes,
            "label_to_image": round(disk / img_bytes, 4) if img_bytes else None}
     epochs, num_images = attrs.get("epochs"), attrs.get("num_images")
-    if epochs and num_images and rows == epochs * attrs.get("batches_per_epoch", 0):
+    if encoding.is_topk or dtype not in _TORCH_DTYPES:  # the authors' layout has no such labels
+        row.update(torch_save_bytes=None, torch_save_block_bytes=None, torch_save_files=None)
+    elif epochs and num_images and rows == epochs * attrs.get("batches_per_epoch", 0):
         layout = torch_save_layout(int(epochs), int(num_images), batch, classes, dtype,
                                    int(attrs.get("image_size", 224)))
         row.update(torch_save_bytes=layout["bytes"], torch_save_block_bytes=layout["block_bytes"],
@@ -139,19 +148,32 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
 
 
 def check_plan_options(ipc: int | None, epochs: int | None, batch_size: int | None,
-                       num_classes: int | None, image_bytes_per_image: int | None) -> None:
+                       num_classes: int | None, image_bytes_per_image: int | None,
+                       topk: int | None = None) -> None:
     """Every given --plan number is at least 1."""
     for option, value in (("--ipc", ipc), ("--epochs", epochs), ("--batch-size", batch_size),
-                          ("--classes", num_classes), ("--image-bytes", image_bytes_per_image)):
+                          ("--classes", num_classes), ("--image-bytes", image_bytes_per_image),
+                          ("--topk", topk)):
         at_least(option, value, 1)
+
+
+def plan_encoding(logits_dtype: str, topk: int | None, topk_fill: str) -> Encoding:
+    """The encoding a plan counts (an lme fill is one fp16 per slot at any temperature)."""
+    encoding = Encoding(logits_dtype=logits_dtype, topk=topk, topk_fill=topk_fill,
+                        fill_temperature=1.0 if topk_fill == "lme" else None)
+    encoding.validate()
+    return encoding
 
 
 def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
              batch_size: int | None = None, logits_dtype: str = "float16",
-             num_classes: int | None = None, image_bytes_per_image: int | None = None
+             num_classes: int | None = None, image_bytes_per_image: int | None = None,
+             topk: int | None = None, topk_fill: str = "none", ratio: float = 1.0
              ) -> dict[str, Any]:
     """Project a full-scale relabel's storage from the exact byte layout relabel writes.
 
+    `topk`/`topk_fill`/`logits_dtype` choose the label encoding, `ratio` the pruning
+    (⌊rows / ratio⌋ stored batches, as prune keeps).
     Logical bytes are exact (preallocated arrays, the last batch of each epoch padded);
     `disk_bytes` is the uncompressed upper bound (compression depends on the logits).
     Image bytes: `image_bytes_per_image`, else the raw uint8 size H·W·C (lossless PNG of
@@ -159,20 +181,23 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
     """
     entry = DATASETS.get(dataset)
     preset = entry.preset
-    check_plan_options(ipc, epochs, batch_size, num_classes, image_bytes_per_image)
-    if logits_dtype not in LOGITS_DTYPES:
-        raise ConfigError(f"unknown --logits-dtype {logits_dtype!r}",
-                          f"choose one of: {', '.join(LOGITS_DTYPES)}")
+    check_plan_options(ipc, epochs, batch_size, num_classes, image_bytes_per_image, topk)
+    encoding = plan_encoding(logits_dtype, topk, topk_fill)
     classes = num_classes or entry.num_classes
     if not classes:
         raise ConfigError(f"--plan {dataset} needs --classes", "how many classes the data has")
+    encoding.validate(classes)
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise ConfigError(f"--ratio must be at least 1x (got {ratio})")
     epochs = preset.relabel_epochs if epochs is None else epochs
     batch = preset.relabel_batch_size if batch_size is None else batch_size
     num_images = ipc * classes
     batches_per_epoch = math.ceil(num_images / batch)
-    rows = epochs * batches_per_epoch
-    zarr_layout = Layout(rows, batch, classes, logits_dtype, replay=CONTRACT,
-                         num_images=num_images, image_size=preset.image_size)
+    all_rows = epochs * batches_per_epoch
+    rows = max(1, math.floor(all_rows / ratio))
+    full = Layout(all_rows, batch, classes, logits_dtype, replay=CONTRACT,
+                  num_images=num_images, image_size=preset.image_size).with_encoding(encoding)
+    zarr_layout = full if rows == all_rows else child_layout(full, rows)
     components = {}
     for component, arrays in COMPONENTS.items():
         logical = sum(_array_logical(zarr_layout, a) for a in arrays)
@@ -180,17 +205,26 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
     logical = sum(c["logical_bytes"] for c in components.values())
     per_image = image_bytes_per_image or preset.image_size ** 2 * preset.channels
     img = per_image * num_images
-    layout = torch_save_layout(epochs, num_images, batch, classes, logits_dtype,
-                               preset.image_size)
-    return {"artifact": None, "kind": "plan", "dataset": dataset, "ipc": ipc, "ratio": 1.0,
-            "epochs": epochs, "rows": rows, "batches_per_epoch": batches_per_epoch,
-            "batch_size": batch, "num_classes": classes, "logits_dtype": logits_dtype,
-            "components": components, "logical_bytes": logical, "disk_bytes": logical,
-            "files": zarr_layout.files(), "disk_estimate": "uncompressed", "image_bytes": img,
-            "image_bytes_per_image": per_image,
-            "label_to_image": round(logical / img, 4),
-            "torch_save_bytes": layout["bytes"], "torch_save_block_bytes": layout["block_bytes"],
-            "torch_save_files": layout["files"]}
+    row = {"artifact": None, "kind": "plan", "dataset": dataset, "ipc": ipc, "ratio": ratio,
+           "epochs": epochs, "rows": rows, "batches_per_epoch": batches_per_epoch,
+           "batch_size": batch, "num_classes": classes, "logits_dtype": logits_dtype,
+           "encoding": encoding.describe(), "topk": topk,
+           "components": components, "logical_bytes": logical, "disk_bytes": logical,
+           "files": zarr_layout.files(), "disk_estimate": "uncompressed", "image_bytes": img,
+           "image_bytes_per_image": per_image,
+           "label_to_image": round(logical / img, 4),
+           "torch_save_bytes": None, "torch_save_block_bytes": None, "torch_save_files": None}
+    if not encoding.is_topk and logits_dtype in _TORCH_DTYPES and rows == all_rows:
+        layout = torch_save_layout(epochs, num_images, batch, classes, logits_dtype,
+                                   preset.image_size)
+        row.update(torch_save_bytes=layout["bytes"], torch_save_block_bytes=layout["block_bytes"],
+                   torch_save_files=layout["files"])
+    elif not encoding.is_topk and logits_dtype in _TORCH_DTYPES:
+        per = torch_save_batch_bytes(batch, classes, logits_dtype, preset.image_size)
+        row.update(torch_save_bytes=rows * per,
+                   torch_save_block_bytes=rows * math.ceil(per / FS_BLOCK) * FS_BLOCK,
+                   torch_save_files=rows)
+    return row
 
 
 def storage_report(store: Store, refs: list[str] | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.store import Artifact, _rmtree
+from lpld_cli.storage.store import Artifact, _rmtree, folder_bytes
 
 IMAGE_README = """# {kind} {id}
 
@@ -158,4 +158,4 @@ def _export_labels(artifact: Artifact, dest: Path) -> None:
 def summary(path: Path) -> dict[str, Any]:
     """Files and bytes written by an export."""
     files = [p for p in path.rglob("*") if p.is_file()]
-    return {"path": str(path), "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    return {"path": str(path), "files": len(files), "bytes": folder_bytes(path)}

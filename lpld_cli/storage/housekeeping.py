@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lpld_cli.errors import ConfigError
 from lpld_cli.storage.requests import FOLDER as REQUESTS
-from lpld_cli.storage.store import Artifact, Store, _rmtree
+from lpld_cli.storage.store import Artifact, Store, _rmtree, folder_bytes
 
 
 def artifact_bytes(artifact: Artifact) -> int:
@@ -125,7 +125,7 @@ def garbage(store: Store) -> list[Garbage]:
         if path.is_dir():
             why = ("left by an interrupted --force or rm" if name.startswith(".")
                    else "interrupted run (no live process)")
-            found.append(Garbage(path, _tree_bytes(path), why))
+            found.append(Garbage(path, folder_bytes(path), why))
         elif name.endswith(".lock") or name.startswith("."):
             found.append(Garbage(path, path.stat().st_size, "lock file of no live process"))
     return found
@@ -193,6 +193,3 @@ def _try_lock(lock: Path) -> Iterator[bool]:
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
-
-def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

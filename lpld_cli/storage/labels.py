@@ -14,8 +14,9 @@ dtypes (float32 crop fractions, int32 indices); v2 stores hold the same augmenta
 losslessly in the narrowest types: crop boxes as integer pixels of the stored image,
 image indices and CutMix partners in the smallest integer type that fits.
 
-Logits go through one small interface (`LogitsEncoding`: which arrays, encode, decode);
-`FullLogits` stores them whole (float16 / bfloat16 bits / float32).
+The label arrays follow the store's encoding (`storage.encoding.Encoding`, named by the
+group attributes): full logits (float16 / bfloat16 bits / float32, or q8 / q4 codes with a
+per-slot scale) or LPQLD's top-k arrays, exactly one family per store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +33,17 @@ import zarr
 import zarr.codecs
 
 from lpld_cli.errors import ArtifactCorruptedError, ConfigError
+from lpld_cli.storage.encoding import (
+    LABEL_ARRAYS,
+    LOGITS_DTYPES,
+    Encoding,
+    SoftTarget,
+    decode_full,
+    decode_target,
+    encode,
+)
 
 GROUP = "labels.zarr"
-LOGITS_DTYPES = ("float16", "bfloat16", "float32")
 CODECS = ("zstd", "lz4", "gzip", "none")
 # Target compressed chunk size at ImageNet scale (issue: ~1-8 MB per chunk).
 TARGET_CHUNK_BYTES = 4 << 20
@@ -44,7 +53,8 @@ TARGET_SHARD_BYTES = 256 << 20
 MAX_SHARDS = 512
 # Attributes LabelStore.create sets itself (never copied from a parent).
 LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "rows_per_shard",
-                "logits_dtype", "codec", "replay")
+                "logits_dtype", "codec", "replay", "topk", "topk_fill", "fill_temperature",
+                "values_dtype")
 AUGMENT_ARRAYS = ("batch_id", "image_index", "crop", "flip", "mix_index", "mix_lambda",
                   "mix_box")
 
@@ -90,62 +100,30 @@ def augment_specs(batch_size: int, replay: int, num_images: int | None = None,
     }
 
 
-# --------------------------------------------------------------------- logits
-class LogitsEncoding(Protocol):
-    """How a store holds the teacher's logits: its arrays, and the two directions."""
-
-    name: str
-
-    def specs(self, batch_size: int, num_classes: int) -> dict[str, ArraySpec]: ...
-
-    def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]: ...
-
-    def decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor: ...
+# --------------------------------------------------------------------- labels
+def label_specs(encoding: Encoding, batch_size: int, num_classes: int) -> dict[str, ArraySpec]:
+    """The label arrays of a store with this encoding (`storage.encoding`)."""
+    return {name: ArraySpec(dtype, trailing, dims)
+            for name, (dtype, trailing, dims) in encoding.schema(batch_size,
+                                                                 num_classes).items()}
 
 
-@dataclass(frozen=True)
-class FullLogits:
-    """Every logit, as float16, bfloat16 (raw bits in uint16: zarr-python 3.1 has no
-    bfloat16 type; attribute logits_dtype says so) or float32."""
-
-    name: str = "float16"
-
-    def specs(self, batch_size: int, num_classes: int) -> dict[str, ArraySpec]:
-        return {"logits": ArraySpec(_numpy_dtype(self.name), (batch_size, num_classes),
-                                    ("row", "slot", "class"))}
-
-    def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
-        return {"logits": encode_logits(logits, self.name)}
-
-    def decode(self, arrays: dict[str, np.ndarray]) -> torch.Tensor:
-        return decode_logits(arrays["logits"], self.name)
-
-
-def logits_encoding(attrs: dict[str, Any]) -> LogitsEncoding:
-    """The encoding a store's attributes name."""
-    return FullLogits(attrs.get("logits_dtype", "float16"))
-
-
-def _numpy_dtype(logits_dtype: str) -> str:
+def _full(logits_dtype: str) -> Encoding:
     if logits_dtype not in LOGITS_DTYPES:
         raise ConfigError(f"unknown --logits-dtype {logits_dtype!r}",
                           f"choose one of: {', '.join(LOGITS_DTYPES)}")
-    return "uint16" if logits_dtype == "bfloat16" else logits_dtype
+    return Encoding(logits_dtype=logits_dtype)
 
 
 def encode_logits(logits: torch.Tensor, logits_dtype: str) -> np.ndarray:
-    """Teacher logits (any float tensor) to the stored array: cast, then raw bits for bf16."""
-    if logits_dtype == "bfloat16":
-        return logits.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
-    return logits.detach().to(getattr(torch, _numpy_dtype(logits_dtype))).cpu().numpy()
+    """Teacher logits to a float `logits` array (bf16 as raw uint16 bits: zarr-python 3.1
+    has no bfloat16 type; group attribute logits_dtype says so)."""
+    return encode(logits, _full(logits_dtype))["logits"]
 
 
 def decode_logits(stored: np.ndarray, logits_dtype: str) -> torch.Tensor:
-    """Stored logits back to a float32 tensor."""
-    if logits_dtype == "bfloat16":
-        bits = torch.from_numpy(np.ascontiguousarray(stored).view(np.int16))
-        return bits.view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(stored)).float()
+    """A stored float `logits` array back to a float32 tensor."""
+    return decode_full({"logits": stored}, _full(logits_dtype), int(stored.shape[-1]))
 
 
 # ------------------------------------------------------------------- layout
@@ -163,14 +141,22 @@ class Layout:
     image_size: int | None = None
     rows_per_chunk: int | None = None  # None: ~4 MB of logits per chunk
     rows_per_shard: int | None = None  # None: ~256 MB per shard file, at most 512 shards
+    # the label encoding beyond logits_dtype (storage.encoding): top-k instead of full logits
+    topk: int | None = None
+    topk_fill: str = "none"
+    fill_temperature: float | None = None
 
     @property
-    def encoding(self) -> LogitsEncoding:
-        return FullLogits(self.logits_dtype)
+    def encoding(self) -> Encoding:
+        return Encoding(self.logits_dtype, self.topk, self.topk_fill, self.fill_temperature)
+
+    def with_encoding(self, encoding: Encoding) -> Layout:
+        return replace(self, logits_dtype=encoding.logits_dtype, topk=encoding.topk,
+                       topk_fill=encoding.topk_fill, fill_temperature=encoding.fill_temperature)
 
     def specs(self) -> dict[str, ArraySpec]:
         return {**augment_specs(self.batch_size, self.replay, self.num_images, self.image_size),
-                **self.encoding.specs(self.batch_size, self.num_classes)}
+                **label_specs(self.encoding, self.batch_size, self.num_classes)}
 
     def row_bytes(self) -> int:
         return sum(math.prod(s.trailing) * np.dtype(s.dtype).itemsize
@@ -179,7 +165,7 @@ class Layout:
     def chunk(self) -> int:
         if self.rows_per_chunk is not None:
             return min(self.rows_per_chunk, self.rows)
-        return min(rows_per_chunk_for(self.batch_size, self.num_classes, self.logits_dtype),
+        return min(rows_per_chunk_for(self.batch_size, self.num_classes, self.encoding),
                    self.rows)
 
     def shard(self) -> int:
@@ -206,8 +192,8 @@ class Layout:
     def attributes(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "batch_size": self.batch_size,
                 "rows": self.rows, "rows_per_chunk": self.chunk(),
-                "rows_per_shard": self.shard(), "logits_dtype": self.logits_dtype,
-                "codec": self.codec, "replay": self.replay}
+                "rows_per_shard": self.shard(), "codec": self.codec, "replay": self.replay,
+                **self.encoding.attributes()}
 
 
 class LabelRows:
@@ -224,6 +210,16 @@ class LabelRows:
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """The label arrays present (what `storage.encoding` decodes)."""
+        return {k: v for k, v in self.arrays.items() if k in LABEL_ARRAYS}
+
+    def with_labels(self, labels: dict[str, np.ndarray]) -> LabelRows:
+        """The same augmentations with other label arrays (a re-encoding)."""
+        return LabelRows(**{k: v for k, v in self.arrays.items() if k not in LABEL_ARRAYS},
+                         **labels)
 
     def take(self, index: np.ndarray | slice) -> LabelRows:
         return LabelRows(**{k: v[index] for k, v in self.arrays.items()})
@@ -250,9 +246,11 @@ def compressor(codec: str) -> zarr.codecs.BloscCodec | zarr.codecs.GzipCodec | N
     raise ConfigError(f"unknown --codec {codec!r}", f"choose one of: {', '.join(CODECS)}")
 
 
-def rows_per_chunk_for(batch_size: int, num_classes: int, logits_dtype: str) -> int:
-    """Whole batches per chunk, for ~4 MB of logits per chunk (capped for small stores)."""
-    row_bytes = batch_size * num_classes * np.dtype(_numpy_dtype(logits_dtype)).itemsize
+def rows_per_chunk_for(batch_size: int, num_classes: int,
+                       logits_dtype: str | Encoding = "float16") -> int:
+    """Whole batches per chunk, for ~4 MB of labels per chunk (capped for small stores)."""
+    enc = logits_dtype if isinstance(logits_dtype, Encoding) else _full(logits_dtype)
+    row_bytes = enc.row_bytes(batch_size, num_classes)
     return int(max(1, min(MAX_ROWS_PER_CHUNK, TARGET_CHUNK_BYTES // row_bytes)))
 
 
@@ -275,14 +273,18 @@ class LabelStore:
                logits_dtype: str = "float16", codec: str = "zstd",
                rows_per_chunk: int | None = None, rows_per_shard: int | None = None,
                replay: int = 1, num_images: int | None = None, image_size: int | None = None,
-               attributes: dict[str, Any] | None = None) -> LabelStore:
+               attributes: dict[str, Any] | None = None,
+               encoding: Encoding | None = None) -> LabelStore:
         """Preallocate every array of DESIGN §5 in `folder/labels.zarr`.
 
         `replay` 1 keeps round 1's dtypes (what `prune` of a v1 store writes); relabel
-        writes 2 (needs `num_images` and `image_size` for the narrow types).
+        writes 2 (needs `num_images` and `image_size` for the narrow types). `encoding`
+        (default: full logits in `logits_dtype`) decides the label arrays.
         """
         layout = Layout(rows, batch_size, num_classes, logits_dtype, codec, replay,
                         num_images, image_size, rows_per_chunk, rows_per_shard)
+        if encoding is not None:
+            layout = layout.with_encoding(encoding)
         return cls.create_layout(folder, layout, attributes)
 
     @classmethod
@@ -290,6 +292,7 @@ class LabelStore:
                       attributes: dict[str, Any] | None = None) -> LabelStore:
         if layout.rows < 1:
             raise ConfigError("a label store needs at least one row")
+        layout.encoding.validate(layout.num_classes)
         extra = {k: v for k, v in (attributes or {}).items() if k not in LAYOUT_ATTRS}
         if layout.num_images is not None:
             extra.setdefault("num_images", layout.num_images)
@@ -327,6 +330,8 @@ class LabelStore:
                             attrs.get("codec", "zstd"), int(attrs.get("replay", 1)),
                             attrs.get("num_images"), attrs.get("image_size"),
                             int(attrs["rows_per_chunk"]), attrs.get("rows_per_shard"))
+            layout = layout.with_encoding(Encoding.from_attributes(attrs))
+            layout.encoding.validate(layout.num_classes)
             specs = layout.specs()
         except Exception:  # missing or unreadable zarr.json, or attributes that do not fit
             raise ArtifactCorruptedError(artifact_id, f"{GROUP}/zarr.json") from None
@@ -338,6 +343,10 @@ class LabelStore:
             if tuple(array.shape) != (layout.rows, *spec.trailing) or \
                     str(array.dtype) != spec.dtype:
                 raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{name}")
+        # exactly one label family: no array of another encoding may sit beside it
+        stray = [n for n in LABEL_ARRAYS if n not in specs and n in group]
+        if stray:
+            raise ArtifactCorruptedError(artifact_id, f"{GROUP}/{stray[0]}")
         return cls(path, group, layout, artifact_id)
 
     # ------------------------------------------------------------- properties
@@ -379,9 +388,18 @@ class LabelStore:
     def num_shards(self) -> int:
         return math.ceil(self.rows / self.rows_per_shard)
 
+    def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
+        """Teacher logits [..., C] to this store's label arrays."""
+        return encode(logits, self.encoding)
+
+    def target(self, block: LabelRows) -> SoftTarget:
+        """A block's labels decoded to float32: full logits [r, B, C] or the top-k triple."""
+        return decode_target(block.labels, self.encoding, self.num_classes)
+
     def logits(self, block: LabelRows) -> torch.Tensor:
-        """A block's logits decoded to float32 [r, B, C]."""
-        return self.encoding.decode(block.arrays)
+        """A block's logits as float32 [r, B, C] (a top-k store's over its fill, −inf for
+        fill "none"): what prune's metrics score."""
+        return self.target(block).dense(self.num_classes)
 
     # ------------------------------------------------------------ read/write
     def write(self, start: int, block: LabelRows) -> None:
@@ -477,6 +495,6 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
     "cutmix indices": ("mix_index",),
     "cutmix strength": ("mix_lambda",),
     "cutmix box": ("mix_box",),
-    "logits": ("logits",),
+    "logits": LABEL_ARRAYS,
     "sampler order": ("image_index", "batch_id"),
 }

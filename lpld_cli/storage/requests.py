@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lpld_cli.errors import ArtifactCorruptedError
-from lpld_cli.storage.store import Artifact, Store, canonical_json
+from lpld_cli.storage.store import Artifact, Store, canonical_json, write_atomic
 
 FOLDER = "requests"
 
@@ -75,6 +75,5 @@ def remember(store: Store, key: str, artifact: Artifact) -> None:
     folder = store.root / FOLDER
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"kind": artifact.kind, "artifact": artifact.id}))
-        os.replace(tmp, folder / f"{key}.json")
+        write_atomic(folder / f"{key}.json",
+                     json.dumps({"kind": artifact.kind, "artifact": artifact.id}))

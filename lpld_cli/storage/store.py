@@ -54,6 +54,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` as the file system reports them (0 if absent)."""
+    return int(sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()))
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -451,7 +456,7 @@ class Store:
             "created": time.time(), "selectors": staging.selectors, "metrics": metrics,
             "host": host_facts(), "files": _hash_tree(work),
         }
-        _write_atomic(work / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        write_atomic(work / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
         for path in _walk(work):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         (work / MANIFEST).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -605,10 +610,21 @@ def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
             for p in _walk(root)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all: a temp file beside it (named per process, so two
+    writers never share one), then a rename over it. Serialise before calling: a full disk
+    then raises OSError here, never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,17 +15,18 @@ from lpld_cli.reports.accuracy import accuracy_rows, plot_accuracy
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "no students in the store (make one with `lpld train`)"
-    head = ("student", "dataset", "method", "ipc", "labels", "ratio", "model", "epochs",
-            "top-1", "top-5", "label bytes")
+    head = ("student", "dataset", "method", "ipc", "labels", "ratio", "encoding", "model",
+            "epochs", "top-1", "top-5", "label bytes")
     lines = [head]
     for r in rows:
         lines.append((r["id"][:12], str(r["dataset"]), str(r["method"]), str(r["ipc"]),
                       str(r["labels"]), f"{r['ratio']:g}x" if r["ratio"] else "-",
-                      str(r["model"]), str(r["epochs"]), f"{r['top1']:.4f}",
+                      r.get("encoding") or "-", str(r["model"]), str(r["epochs"]),
+                      f"{r['top1']:.4f}",
                       f"{r['top5']:.4f}" if r["top5"] is not None else "-",
                       f"{r['label_bytes']:,}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 7 else cell.rjust(w)
+    return "\n".join("  ".join(cell.ljust(w) if i < 8 else cell.rjust(w)
                                for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
                      for line in lines)
 

@@ -11,7 +11,7 @@ from lpld_cli.checks import at_least
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.errors import ArtifactNotFoundError
-from lpld_cli.reports.diversity import DEFAULT_REAL_PER_CLASS, diversity, save_grid
+from lpld_cli.reports import DEFAULT_REAL_PER_CLASS
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -46,6 +46,8 @@ def command(
                                         "make some with `lpld recover`")
         for art in artifacts:
             store.verify(art)
+    from lpld_cli.reports.diversity import diversity, save_grid  # torch: only when it runs
+
     with RichReporter() as reporter:
         rows = diversity(store, artifacts, data_root=data, real_per_class=real_per_class,
                          seed=common.seed, device=common.device, reporter=reporter)

@@ -6,10 +6,16 @@ from typing import Annotated, Any
 
 import typer
 
+from lpld_cli.checks import parse_ratio
 from lpld_cli.commands._options import Common, common_options
 from lpld_cli.commands._ui import emit
 from lpld_cli.errors import ConfigError
-from lpld_cli.reports.storage import check_plan_options, plan_row, storage_report
+from lpld_cli.reports.storage import (
+    check_plan_options,
+    plan_encoding,
+    plan_row,
+    storage_report,
+)
 from lpld_cli.reports.units import check_unit, in_unit, pick_unit
 from lpld_cli.storage.labels import COMPONENTS
 
@@ -32,7 +38,15 @@ def command(
         help="Relabel batch size (with --plan) [default: the dataset preset's].",
         show_default=False)] = None,
     logits_dtype: Annotated[str, typer.Option(
-        help="float16 | bfloat16 | float32 (with --plan).")] = "float16",
+        help="float16 | bfloat16 | float32 | q8 | q4 (with --plan).")] = "float16",
+    topk: Annotated[int | None, typer.Option(
+        help="Top-k labels: K fp16 values + K indices per slot (with --plan).",
+        show_default=False)] = None,
+    topk_fill: Annotated[str, typer.Option(
+        help="none | min | lme: one fp16 fill per slot unless none (with --plan, --topk).")
+    ] = "none",
+    ratio: Annotated[str, typer.Option(
+        help="Pruning ratio Nx: keep ⌊rows / N⌋ stored batches (with --plan).")] = "1x",
     classes: Annotated[int | None, typer.Option(
         help="Number of classes (with --plan; known for the built-in datasets).",
         show_default=False)] = None,
@@ -47,14 +61,17 @@ def command(
     ratio, and the size of the authors' per-batch torch.save layout for the same content."""
     forced = check_unit(unit)
     # checked with or without --plan: a given number is never silently ignored
-    check_plan_options(ipc, epochs, batch_size, classes, image_bytes)
+    check_plan_options(ipc, epochs, batch_size, classes, image_bytes, topk)
+    plan_encoding(logits_dtype, topk, topk_fill)
+    plan_ratio = parse_ratio(ratio)
     if plan is not None:
         if ipc is None:
             raise ConfigError("--plan needs --ipc N", "e.g. lpld report storage --plan "
                               "imagenet-1k --ipc 50")
         rows = [plan_row(plan, ipc, epochs=epochs, batch_size=batch_size,
                          logits_dtype=logits_dtype, num_classes=classes,
-                         image_bytes_per_image=image_bytes)]
+                         image_bytes_per_image=image_bytes, topk=topk, topk_fill=topk_fill,
+                         ratio=plan_ratio)]
     else:
         rows = storage_report(common.store, from_ or None)
     emit({"report": "storage", "rows": rows}, common.json, human(rows, forced))
@@ -87,8 +104,10 @@ def human(rows: list[dict[str, Any]], unit: str | None = None) -> str:
                        f"({b(row['logical_bytes'])} {u} pixels)")
             continue
         name = ("plan" if row["kind"] == "plan" else f"labels {row['artifact'][:12]}")
-        out.append(f"{name}  {row['dataset']} ipc {row['ipc']}: {row['rows']} rows of "
-                   f"{row['batch_size']} x {row['num_classes']} {row['logits_dtype']} logits")
+        ratio = f", {row['ratio']:g}x" if row.get("ratio") not in (None, 1, 1.0) else ""
+        out.append(f"{name}  {row['dataset']} ipc {row['ipc']}{ratio}: {row['rows']} rows of "
+                   f"{row['batch_size']} x {row['num_classes']} classes, "
+                   f"{row.get('encoding', row['logits_dtype'])} labels")
         disk_head = f"disk {u} (uncompressed)" if row["kind"] == "plan" else f"disk {u}"
         out.append(f"  {'component':<16} {'logical ' + u:>12} {disk_head:>24}")
         for component in COMPONENTS:
@@ -104,6 +123,8 @@ def human(rows: list[dict[str, Any]], unit: str | None = None) -> str:
         out.append(f"  images {b(row['image_bytes'])} {u}{per}; label-to-image ratio "
                    + (f"{ratio:.1f}" if ratio is not None else "-"))
         ts = row["torch_save_bytes"]
+        if ts is None:
+            continue
         out.append(f"  torch.save layout (one file per batch, {row['torch_save_files']} files): "
                    f"{b(ts)} {u} ({ts / max(row['disk_bytes'], 1):.2f}x "
                    + ("the uncompressed Zarr arrays)" if row["kind"] == "plan"
