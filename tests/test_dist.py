@@ -333,7 +333,8 @@ def _reference_student(root: Path, config: dict, n: int) -> dict[str, torch.Tens
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, epoch)
             for i in sampler.epoch_rows(epoch):
-                row, logits = pool.get(int(i))
+                row, target = pool.get(int(i))
+                logits = target.logits  # a float16 store: full logits
                 valid = row.valid
                 x = replay(bank, row, 28, pool.replay)  # the whole row, then sliced
                 kept, terms = None, []

@@ -47,7 +47,7 @@ def test_the_world_size_names_the_student_only_beyond_one_process() -> None:
     one = TrainConfig(width=8, depth=2).identity()
     assert "world_size" not in one and "sync_bn" not in one  # one process: ids as before
     two = TrainConfig(width=8, depth=2, world_size=2).identity()
-    assert two == {**one, "world_size": 2, "sync_bn": False}
+    assert two == {**one, "world_size": 2}  # sync_bn at its default (False) stays out
 
 
 def test_one_process_is_a_pass_through() -> None:
