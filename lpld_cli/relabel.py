@@ -12,7 +12,10 @@ The build, in three parts:
 - open-or-resume (`open_or_resume`): the store in staging and the shards still to do.
   A shard (one file per array, `rows_per_shard` rows) is the unit of work and of
   resume: `relabel-shards/<k>.done` in staging (outside labels.zarr) marks a written
-  one, so a rerun, or another rank, skips it.
+  one, so a rerun, or another rank, skips it. Under torchrun rank 0 alone opens or
+  creates the store (the only writer of group and array metadata) and broadcasts the
+  shards to do; rank r writes shards k ≡ r (mod N), whole shard files, so the arrays
+  are the same for any N and an interrupted run resumes with any N.
 - a shard buffer (`ShardBuffer`): a shard's rows and the logits of each forward, drawn
   ahead of the device by a background thread (`_Drawer`).
 - the writer (`ShardWriter`): a thread that encodes whole shards and writes them while
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpld_cli import stage_module
+from lpld_cli import dist, stage_module
 from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data import augment
 from lpld_cli.data.label_pool import random_pool_rows
@@ -204,7 +207,9 @@ def relabel(store: Store, config: RelabelConfig, images: Artifact,
 
     def build(staging) -> dict[str, Any]:
         with _cpu_threads(threads if device.type == "cpu" else None):
-            return _build(staging.path, config, images, teacher, device, reporter, full_id)
+            w = dist.world()
+            return _build(staging.path, config, images, teacher, device, reporter, full_id,
+                          owns=lambda k: k % w.size == w.rank)
 
     pruned = config.keep > 1
     return store.produce(
@@ -298,7 +303,12 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
         "precision": config.precision}
     layout, attributes, source_rows = plan_store(config, geometry, teacher.num_classes,
                                                  attributes, full_id)
-    label_store, todo = open_or_resume(folder, layout, attributes, reporter)
+    w = dist.world()
+    label_store, todo = (open_or_resume(folder, layout, attributes, reporter) if w.main
+                         else (None, None))
+    todo = dist.broadcast(todo, w)  # decided by rank 0 before any rank writes
+    if label_store is None:
+        label_store = LabelStore.open(folder, mode="r+")
     todo = [k for k in todo if owns(k)]
     units = [(k, source_rows[slice(*label_store.shard_range(k))]) for k in todo]
     total = int(sum(len(rows) for _k, rows in units))
@@ -329,10 +339,12 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
         raise
     finally:
         task.close()
+    dist.barrier(w)  # every rank's shards are written
+    labelled = sum(dist.gather(labelled, w))
     seconds = time.perf_counter() - start_time
     done_dir = folder / DONE_DIR
-    if len(list(done_dir.glob("*.done"))) < label_store.num_shards:  # another rank's turn
-        return {}
+    if not w.main or len(list(done_dir.glob("*.done"))) < label_store.num_shards:
+        return {}  # rank 0 finishes (its metrics are the artifact's); or another's turn
     label_store.check_batch_ids(source_rows)  # every row written before promotion
     shutil.rmtree(done_dir)
     return {"rows": label_store.rows, "batches_per_epoch": geometry.batches_per_epoch,

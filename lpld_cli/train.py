@@ -9,6 +9,10 @@ Three label modes (paper §4.1 "Validate", appendix C):
 The student checkpoint (model, optimizer, RNG, history) is saved in staging after every
 epoch; an interrupted run resumes from it and ends with the same weights (every random
 draw is a function of (seed, epoch), so nothing else carries over between epochs).
+
+Under torchrun (`models.row_split`) every rank replays the same row and trains on its slice of
+the slots with DDP; rank 0 checkpoints and writes the student. The world size changes the
+student's numbers, so it is part of the identity (one process: the ids are unchanged).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from lpld_cli import stage_module
+from lpld_cli import dist, stage_module
 from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data.augment import CONTRACT, MIXES, ImageBank, Row, epoch_rows, replay
 from lpld_cli.data.datasets import RealData, load_dataset
@@ -42,7 +46,6 @@ from lpld_cli.device import (
 )
 from lpld_cli.errors import ArtifactNotFoundError, ConfigError, warn
 from lpld_cli.faults import kill_point
-from lpld_cli.models.evaluate import evaluate
 from lpld_cli.models.factory import build_model, check_input, decay_groups, model_spec
 from lpld_cli.models.losses import (
     LOSSES,
@@ -51,6 +54,7 @@ from lpld_cli.models.losses import (
     student_loss,
     temperature_at,
 )
+from lpld_cli.models.row_split import RowSplit, check_sync_bn
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
@@ -103,6 +107,10 @@ class TrainConfig:
     temperature_gamma: float = 0.7
     student_temperature: str = "same"
     hard_epochs: int = 0
+    # torchrun: the number of ranks (DDP, each a slice of every row) and whether BatchNorm
+    # is synchronised across them (CUDA only); in the identity only when world_size > 1
+    world_size: int = 1
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         # one spelling per number ("1", "1.0", "1e0" name the same student)
@@ -201,7 +209,8 @@ class TrainConfig:
         # temperature options existed keep their ids
         return identity_dict(out, {
             "temperature_schedule": "constant", "temperature_min": 2.0, "temperature_step": 30,
-            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0})
+            "temperature_gamma": 0.7, "student_temperature": "same", "hard_epochs": 0,
+            "world_size": 1, "sync_bn": False})
 
 
 # --------------------------------------------------------------------- the pieces
@@ -243,6 +252,9 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
     config.validate()
     config = replace(config, precision=check_precision(
         device, config.precision or default_precision(device)))
+    w = dist.world()  # N ranks split every row: part of the identity when N > 1
+    check_sync_bn(config.sync_bn and w.distributed, device)
+    config = replace(config, world_size=w.size, sync_bn=config.sync_bn and w.distributed)
     if images.kind != "images":
         raise ConfigError(f"artifact {images.short} is a {images.kind}, not an image set")
     pool: LabelPool | None = None
@@ -333,6 +345,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     loss_fn = student_loss(config.loss)
 
     state = _load_checkpoint(staging, model, optimizer)
+    split = RowSplit(model, device, config.sync_bn)  # this rank's slots of each row (DDP)
     start_epoch = state["epoch"]
     history: list[dict[str, Any]] = state["history"]
     used_rows: set[int] = set(state["used_rows"])
@@ -372,7 +385,9 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     len(x_all), config.batch_size, spec["image_size"], config.mix,
                     config.seed, epoch, stream))
             for row, stored in batches:
-                x = student_batch(x_all, row, spec["image_size"], contract)
+                x = (split.pixels(x_all, row, spec["image_size"], contract)
+                     if split.w.distributed
+                     else student_batch(x_all, row, spec["image_size"], contract))
                 valid = row.valid
                 target = None
                 if stored is not None:
@@ -383,8 +398,8 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                                                               config.precision)[:valid])
                     label_seconds += time.perf_counter() - t0
                 with precision_autocast(device, config.precision):
-                    out = model(x)
-                out = out.float()
+                    out = split.net(x)
+                out = split.whole(out.float(), valid)  # every rank's slots: the whole row
                 y = y_all[row.image_index[:valid].to(device, torch.long)]
                 if hard:  # HALD's hard-label phase
                     loss = loss_fn(out, None, y, row, temperature, student_t)
@@ -393,7 +408,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     if target is not None and config.loss == "kl":
                         last = (out.detach(), target)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                split.backward(loss)
                 optimizer.step()
                 total_loss += float(loss.detach())
                 steps += 1
@@ -412,10 +427,11 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
                     student_t = calibrate_student_temperature(last[0], last[1], temperature)
                 record["student_temperature_next"] = student_t
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
-                record["test_top1_subset"] = evaluate(model, probe, device)["top1"]
+                record["test_top1_subset"] = split.evaluate(probe, device)["top1"]
             history.append(record)
-            _save_checkpoint(staging, model, optimizer, epoch + 1, history, used_rows,
-                             label_seconds, step_seconds)
+            if split.w.main:
+                _save_checkpoint(staging, model, optimizer, epoch + 1, history, used_rows,
+                                 label_seconds, step_seconds)
             kill_point("train.checkpoint", epoch + 1)
             fields = {"loss": record["loss"]}
             if "test_top1_subset" in record:
@@ -426,7 +442,9 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
         if prefetch is not None:
             prefetch.close()
 
-    scores = evaluate(model, data, device)
+    scores = split.evaluate(data, device)
+    if not split.w.main:  # rank 0 writes the student
+        return {}
     history[-1].update(scores)
     save_weights(staging.path / "weights.safetensors", model)
     (staging.path / "model.json").write_text(json.dumps(spec, indent=2))

@@ -74,7 +74,7 @@ _COMMON = [
 
 # Commands that run on N ranks under torchrun (DESIGN §7); the others refuse to, rather
 # than have N processes write one staging folder.
-DISTRIBUTED_COMMANDS = ("squeeze", "recover")
+DISTRIBUTED_COMMANDS = ("squeeze", "recover", "relabel", "train")
 
 
 def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,7 +93,7 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
             if dist.launched().distributed and name not in DISTRIBUTED_COMMANDS:
                 raise ConfigError(f"lpld {name} runs as one process in this release",
                                   "launch it without torchrun; "
-                                  f"{' and '.join(DISTRIBUTED_COMMANDS)} run on N ranks")
+                                  f"{', '.join(DISTRIBUTED_COMMANDS)} run on N ranks")
             if dist.launched().distributed:  # torchrun: join before anything collective
                 common.rank_device, _ = dist.join(common.device_name)
             result = func(common, **kwargs)

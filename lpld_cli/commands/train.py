@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lpld_cli import dist
 from lpld_cli.checks import at_least, parse_ratio
 from lpld_cli.commands._options import Common, Newest, answered_request, common_options
 from lpld_cli.commands._ui import RichReporter, emit, info
@@ -100,9 +101,16 @@ def command(
         help="Real dataset folder for the test split [fashion-mnist: $LPLD_DATA, then "
              "/usr/share/datasets/fashion-mnist].", show_default=False)] = None,
     newest: Newest = False,
+    sync_bn: Annotated[bool, typer.Option(
+        "--sync-bn", help="Under torchrun on GPUs: SyncBatchNorm (BatchNorm statistics of "
+        "the whole row). Without it each rank normalises with its own slice of the row "
+        "(the authors' behaviour) and rank 0's running statistics are kept; on CPU always. "
+        "With N > 1 ranks the student's id records N and this choice.")] = False,
 ) -> None:
     """Train a student from scratch on the synthetic images; report top-1 on the real test set."""
     options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    if dist.launched().distributed:  # N ranks make another student (its id records N)
+        options["world_size"] = dist.launched().size
     store = common.store
     teacher = label_store = None
     choice = (labels or "").strip().lower()
@@ -130,7 +138,7 @@ def command(
         online_stream=online_stream, temperature_schedule=temperature_schedule,
         temperature_min=temperature_min, temperature_step=temperature_step,
         temperature_gamma=temperature_gamma, student_temperature=student_temperature,
-        hard_epochs=hard_epochs)
+        hard_epochs=hard_epochs, sync_bn=sync_bn)
     given.validate()
     if mode == "stored":
         if labels is not None:
