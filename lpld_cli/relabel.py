@@ -60,7 +60,7 @@ from lpld_cli.storage.labels import (
     child_layout,
     pruned_attributes,
 )
-from lpld_cli.storage.store import Artifact, Store
+from lpld_cli.storage.store import Artifact, Store, folder_bytes
 
 DONE_DIR = "relabel-shards"
 # Shards waiting for the writer thread: bounds memory to a few shards whatever E is.
@@ -353,7 +353,7 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
             "rows_per_shard": label_store.rows_per_shard, "files": label_store.files(),
             "rows_labelled": labelled, "relabel_rows": geometry.rows,
             "logical_bytes": logical_bytes(label_store),
-            "disk_bytes": disk_bytes(label_store.path),
+            "disk_bytes": folder_bytes(label_store.path),
             "seconds": round(seconds, 3),
             "rows_per_s": round(labelled / max(seconds, 1e-9), 2)}
 
@@ -361,11 +361,6 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
 def logical_bytes(label_store: LabelStore) -> int:
     """Uncompressed bytes of every array."""
     return int(sum(a.nbytes for a in label_store.arrays.values()))
-
-
-def disk_bytes(folder: Path) -> int:
-    """Bytes on disk under a folder (chunks and metadata)."""
-    return int(sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -55,13 +54,14 @@ from lpld_cli.models.losses import (
     temperature_at,
 )
 from lpld_cli.models.row_split import RowSplit, check_sync_bn
+from lpld_cli.models.schedule import cosine_decay
 from lpld_cli.models.teacher import load_teacher, teacher_logits
 from lpld_cli.models.zoo import model_key
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import SoftTarget, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.selection import select
-from lpld_cli.storage.store import Artifact, Staging, Store
+from lpld_cli.storage.store import Artifact, Staging, Store, write_atomic
 from lpld_cli.storage.weights import save_weights
 
 LABEL_MODES = ("stored", "online", "hard")
@@ -226,7 +226,7 @@ def _lr_at(config: TrainConfig, epoch: int) -> float:
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
     span = config.epochs - config.warmup_epochs
-    return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+    return cosine_decay(config.lr, epoch - config.warmup_epochs, span)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -458,7 +458,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             "images": len(x_all),
             "label_rows": pool.rows if pool is not None else 0,
             "label_rows_used": len(used_rows),
-            "label_pool_bytes": _disk_bytes(labels) if pool is not None else 0,
+            "label_pool_bytes": labels.payload_bytes if pool is not None else 0,
             "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
             "student_temperature_last": history[-1].get("student_temperature"),
             "train_seconds": round(step_seconds, 3),
@@ -494,26 +494,17 @@ def _normalisation(data: Any, teacher_data: dict[str, Any] | None) -> dict[str, 
     return {"mean": list(data.preset.mean), "std": list(data.preset.std)}
 
 
-def _disk_bytes(artifact: Artifact | None) -> int:
-    if artifact is None:
-        return 0
-    return sum(int(meta["bytes"]) for meta in artifact.manifest["files"].values())
-
-
 # ---------------------------------------------------------------- checkpoints
 def _save_checkpoint(staging: Staging, model: nn.Module, optimizer: torch.optim.Optimizer,
                      epoch: int, history: list[dict[str, Any]], used_rows: set[int],
                      label_seconds: float, step_seconds: float) -> None:
     """The state after `epoch` epochs, written atomically (temp file, then rename)."""
-    path = staging.path / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.tmp")
     buffer = io.BytesIO()  # serialised first: a full disk then raises OSError, not RuntimeError
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
                 "used_rows": sorted(used_rows), "label_seconds": label_seconds,
                 "step_seconds": step_seconds}, buffer)
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomic(staging.path / CHECKPOINT, buffer.getvalue())
 
 
 def _load_checkpoint(staging: Staging, model: nn.Module,

@@ -19,7 +19,6 @@ after each epoch, T_s ← argmin over t ∈ linspace(0.01, 1, 100) of KL(p̂_T �
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from lpld_cli.data.augment import Row
 from lpld_cli.errors import ConfigError
+from lpld_cli.models.schedule import cosine_decay
 from lpld_cli.storage.encoding import SoftTarget
 
 LOSSES = ("kl", "mse-gt")
@@ -112,7 +112,7 @@ def temperature_at(schedule: str, epoch: int, epochs: int, t0: float, t_min: flo
     if schedule == "step":
         return max(t_min, t0 * gamma ** (epoch // step))
     if schedule == "cosine":
-        return t_min + 0.5 * (t0 - t_min) * (1 + math.cos(math.pi * epoch / epochs))
+        return t_min + cosine_decay(t0 - t_min, epoch, epochs)
     raise ConfigError(f"unknown --temperature-schedule {schedule!r}",
                       f"choose one of: {', '.join(TEMPERATURE_SCHEDULES)}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from lpld_cli.data.presets import DATASETS
 from lpld_cli.errors import ConfigError
 from lpld_cli.storage.encoding import Encoding
 from lpld_cli.storage.labels import COMPONENTS, GROUP, LabelStore, Layout, child_layout
-from lpld_cli.storage.store import Artifact, Store
+from lpld_cli.storage.store import Artifact, Store, folder_bytes
 
 # A file occupies whole filesystem blocks: the torch.save layout writes one file per batch.
 FS_BLOCK = 4096
@@ -72,10 +71,6 @@ def torch_save_layout(epochs: int, num_images: int, batch_size: int, num_classes
 
 
 # ------------------------------------------------------------------------ rows
-def _folder_bytes(folder: Path) -> int:
-    return int(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
-
-
 def _array_logical(layout: Layout, name: str) -> int:
     """Uncompressed bytes of one array (0 for an array this encoding does not write)."""
     spec = layout.specs().get(name)
@@ -117,9 +112,9 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     for component, arrays in COMPONENTS.items():
         components[component] = {
             "logical_bytes": sum(_array_logical(labels.layout, a) for a in arrays),
-            "disk_bytes": sum(_folder_bytes(group / a) for a in arrays if (group / a).is_dir())}
+            "disk_bytes": sum(folder_bytes(group / a) for a in arrays if (group / a).is_dir())}
     logical = sum(c["logical_bytes"] for c in components.values())
-    disk = _folder_bytes(group)  # components plus the group's own metadata
+    disk = folder_bytes(group)  # components plus the group's own metadata
     images_id = attrs.get("images_id") or (artifact.parents[0] if artifact.parents else None)
     images = store.find("images", images_id) if images_id else None
     img_bytes = image_bytes(images) if images is not None else None
