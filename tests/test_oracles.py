@@ -138,12 +138,13 @@ def test_mixed_ce_is_lambda_weighted_ce_of_both_classes() -> None:
 def test_mse_gt_by_hand_on_one_slot() -> None:
     """s = (0, 0), t = (1, −1), class 0, no mix: MSE (1² + 1²)/2 = 1, CE = ln 2."""
     from lpld_cli.models.losses import student_loss
+    from lpld_cli.storage.encoding import SoftTarget
 
     row = Row(torch.tensor([0], dtype=torch.int32), torch.zeros(1, 4),
               torch.zeros(1, dtype=bool), torch.tensor([0], dtype=torch.int32), 1.0,
               torch.zeros(4, dtype=torch.int32))
-    got = student_loss("mse-gt", 4.0)(torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]),
-                                      torch.tensor([0]), row)
+    got = student_loss("mse-gt")(torch.zeros(1, 2), SoftTarget(logits=torch.tensor([[1.0, -1.0]])),
+                                 torch.tensor([0]), row, 4.0)
     assert float(got) == pytest.approx(1.0 + 0.1 * math.log(2), rel=1e-6)
 
 
@@ -153,6 +154,7 @@ def test_mse_gt_is_logit_mse_plus_a_tenth_of_the_mixed_ce(temperature: float) ->
     logits (no temperature), + 0.1 × the λ-mixed CE; an incomplete batch uses its filled
     slots only (the last slot is empty)."""
     from lpld_cli.models.losses import student_loss
+    from lpld_cli.storage.encoding import SoftTarget
 
     g = torch.Generator().manual_seed(3)
     s, t = torch.randn(4, 6, generator=g) * 2, torch.randn(4, 6, generator=g) * 2
@@ -167,7 +169,7 @@ def test_mse_gt_is_logit_mse_plus_a_tenth_of_the_mixed_ce(temperature: float) ->
     own = -log_p[np.arange(4), classes.numpy()].mean()
     partner = -log_p[np.arange(4), classes.numpy()[partners]].mean()
     want = mse + 0.1 * (0.35 * own + 0.65 * partner)
-    got = float(student_loss("mse-gt", temperature)(s, t, classes, row))
+    got = float(student_loss("mse-gt")(s, SoftTarget(logits=t), classes, row, temperature))
     assert got == pytest.approx(want, rel=1e-5)
     scaled = ((sd - td) ** 2).mean() / temperature ** 2 + 0.1 * (0.35 * own + 0.65 * partner)
     assert got != pytest.approx(scaled, rel=1e-3) or temperature == 1.0
