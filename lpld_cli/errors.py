@@ -79,7 +79,11 @@ def _free_bytes(path: str | os.PathLike[str]) -> int | None:
 
 
 def warn(message: str, label: str = "Warning") -> None:
-    """`Warning: …` (or another label) on stderr: core modules have no UI library."""
+    """`Warning: …` (or another label) on stderr: core modules have no UI library.
+
+    Under torchrun only rank 0 speaks (every rank reaches the same warning)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     sys.stderr.write(f"{label}: {message}\n")
     sys.stderr.flush()
 

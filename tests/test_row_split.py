@@ -58,3 +58,17 @@ def test_one_process_is_a_pass_through() -> None:
     assert split.whole(out, 4) is out
     split.backward(out.sum())
     assert torch.equal(model.weight.grad, torch.ones(2, 3) * 4)
+
+
+def test_warnings_come_from_rank_0_only(monkeypatch, capsys) -> None:
+    from lpld_cli.errors import warn
+
+    monkeypatch.setenv("RANK", "1")
+    warn("stored epochs differ")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    warn("stored epochs differ")
+    assert capsys.readouterr().err == "Warning: stored epochs differ\n"
+    monkeypatch.delenv("RANK")
+    warn("one process", "Note")
+    assert capsys.readouterr().err == "Note: one process\n"
