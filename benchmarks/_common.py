@@ -455,7 +455,9 @@ def render_frontier(res: dict[str, Any]) -> str:
            f"`{meta['command']}`, {len(meta['seeds'])} seed(s) "
            f"({meta['seconds'] / 60:.0f} min, {meta['finished']}). Bytes are the label "
            f"store's logical bytes; Δ = top-1 minus float16 pruning alone (LPLD) "
-           f"interpolated at the same bytes (n/a outside its range).", ""]
+           f"interpolated at the same bytes (n/a outside its range); under a step schedule, "
+           f"minus float16 at the budget's bytes under that same schedule (the control).",
+           ""]
     for d in res["sets"]:
         st = d["settings"]
         teacher = d.get("teacher_top1")

@@ -102,8 +102,10 @@ def plans(quick: bool) -> list[DatasetPlan]:
             p.points.append({"family": label.split("-")[0] if "top" in label else label,
                              "label": f"{label} {r:g}x", "ratio": max(1.0, r),
                              "encoding": enc, "schedule": "constant"})
+        # the schedules on one top-k point, and on float16 at the same bytes (the control:
+        # a schedule's gain is compared with what it gives LPLD pruning alone)
         for sched in ("step", "step+auto"):
-            for base in (f"top-{p.schedule_k} ",):
+            for base in (f"top-{p.schedule_k} ", f"float16 {BUDGET_RATIO:g}x"):
                 src = next(q for q in p.points if q["label"].startswith(base)
                            and q["schedule"] == "constant")
                 p.points.append({**src, "label": f"{src['label']} {sched}", "schedule": sched})
@@ -168,11 +170,17 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
             "top1": mean_std(r["metrics"]["top1"] for r in runs),
             "top1_runs": [r["metrics"]["top1"] for r in runs],
             "student_temperature_last": [t for t in temps if t is not None]})
+    controls = {r["schedule"]: r for r in rows if r["family"] == "float16"
+                and r["schedule"] != "constant"}
     for axis in ("logits_bytes", "total_bytes"):
         curve = [(r[axis], r["top1"]["mean"]) for r in rows
                  if r["family"] == "float16" and r["schedule"] == "constant"]
         for r in rows:
-            ref = interpolate(curve, r[axis])
+            if r["schedule"] == "constant":  # against the float16 curve at the same bytes
+                ref = interpolate(curve, r[axis])
+            else:  # against float16 at the budget's bytes under the same schedule
+                control = controls.get(r["schedule"])
+                ref = None if control is None or control is r else control["top1"]["mean"]
             r[f"vs_lpld_{axis}"] = None if ref is None else r["top1"]["mean"] - ref
     return {"dataset": p.name, "classes": p.classes, "ipc": p.ipc, "rows": rows,
             "missing": missing,
@@ -184,10 +192,19 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
 
 
 def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> list[str]:
-    """One line per dataset: the best point against LPLD pruning alone at equal bytes."""
+    """Per dataset: the best point against LPLD pruning alone at equal bytes and under the
+    same temperature schedule, and what each schedule gives float16 pruning itself."""
     out = [f"{name}: not run (time ran out on the shared CPU)" for name in planned or []
            if name not in {d["dataset"] for d in sets}]
     for d in sets:
+        base = next((r for r in d["rows"] if r["family"] == "float16"
+                     and r["schedule"] == "constant" and r["ratio"] == BUDGET_RATIO), None)
+        for r in d["rows"]:
+            if base is not None and r["family"] == "float16" and r["schedule"] != "constant":
+                out.append(f"{d['dataset']}: the {r['schedule']} schedule alone moves float16 "
+                           f"{BUDGET_RATIO:g}x from {100 * base['top1']['mean']:.1f}% to "
+                           f"{100 * r['top1']['mean']:.1f}% (±{100 * r['top1']['std']:.1f}): "
+                           "the encodings under that schedule are compared with this control")
         for axis, what in (("logits_bytes", "logits only"), ("total_bytes", "total")):
             cands = [r for r in d["rows"] if r["family"] != "float16"
                      and r.get(f"vs_lpld_{axis}") is not None]
@@ -202,7 +219,8 @@ def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> li
             noise = (f"; within the seed spread ±{spread:.1f}, so not significant"
                      if abs(gain) <= spread else f"; seed spread ±{spread:.1f}")
             out.append(f"{d['dataset']} ({what}): best point {best['label']} ({best['encoding']},"
-                       f" {best['schedule']}) {verdict} LPLD pruning alone at equal bytes by "
+                       f" {best['schedule']}) {verdict} LPLD pruning alone at equal bytes and "
+                       f"the same schedule by "
                        f"{gain:+.1f} points (top-1 {100 * best['top1']['mean']:.1f}%, "
                        f"{best['top1']['n']} seeds{noise})")
     return out
