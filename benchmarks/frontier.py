@@ -205,6 +205,21 @@ def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> li
                            f"{BUDGET_RATIO:g}x from {100 * base['top1']['mean']:.1f}% to "
                            f"{100 * r['top1']['mean']:.1f}% (±{100 * r['top1']['std']:.1f}): "
                            "the encodings under that schedule are compared with this control")
+        budget = [r for r in d["rows"] if abs(r["logits_bytes"] / base["logits_bytes"] - 1) < 0.25
+                  ] if base is not None else []
+        fp16 = [r for r in budget if r["family"] == "float16"]
+        enc = [r for r in budget if r["family"] != "float16"]
+        if fp16 and enc:  # the fair question: the best of each at these bytes, any schedule
+            f, e = (max(rs, key=lambda r: r["top1"]["mean"]) for rs in (fp16, enc))
+            gain = 100 * (e["top1"]["mean"] - f["top1"]["mean"])
+            spread = 100 * max(e["top1"]["std"] or 0, f["top1"]["std"] or 0)
+            verdict = ("beats" if gain > spread else "does not beat" if gain < -spread
+                       else "is within the seed spread of")
+            out.append(f"{d['dataset']}: at the bytes of float16 {BUDGET_RATIO:g}x (±25%), under "
+                       f"any schedule, the best encoded point {e['label']} "
+                       f"({100 * e['top1']['mean']:.1f}%) {verdict} the best float16 pruning, "
+                       f"{f['label']} ({100 * f['top1']['mean']:.1f}%): {gain:+.1f} points, "
+                       f"seed spread ±{spread:.1f}")
         for axis, what in (("logits_bytes", "logits only"), ("total_bytes", "total")):
             cands = [r for r in d["rows"] if r["family"] != "float16"
                      and r.get(f"vs_lpld_{axis}") is not None]
