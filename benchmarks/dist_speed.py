@@ -87,17 +87,26 @@ def measure(store: Path, teacher_id: str, ipc: int, iterations: int, epochs: int
     figures["dist_recover"] = ratio_figure(
         f"recover images/s (IPC{ipc}, {iterations} iterations, one class per step), one "
         "thread per process", rates, "images/s", cpu)
-    if "relabel" in DISTRIBUTED_COMMANDS:
+    if "relabel" not in DISTRIBUTED_COMMANDS:
+        return figures
+    # Ranks share whole shard files (k ≡ rank mod N). The default layout (~256 MB shards) puts
+    # a small store in one shard, which one rank labels alone; with 8 shards both ranks work.
+    layout: list[str] = []
+    for key in ("dist_relabel", "dist_relabel_sharded"):
         rates, cpu = {}, {}
         for n in (1, 2):
             out = ranks_metrics(n, ["relabel", "--epochs", str(epochs), "--from", images_id,
-                                    *common])
+                                    *layout, *common])
             m, cpu[n] = out["metrics"], out["cpu_seconds"]
             rates[n] = m["rows_labelled"] / m["seconds"]
-            log(f"relabel on {n} process(es): {rates[n]:.1f} rows/s, CPU s {cpu[n]}")
-        figures["dist_relabel"] = ratio_figure(
-            f"relabel rows/s (E={epochs}, IPC{ipc}), one thread per process", rates, "rows/s",
-            cpu)
+            log(f"relabel on {n} process(es), {m['files']} files: {rates[n]:.1f} rows/s, "
+                f"CPU s {cpu[n]}")
+        shards = m["rows"] // m["rows_per_shard"] + bool(m["rows"] % m["rows_per_shard"])
+        figures[key] = ratio_figure(
+            f"relabel rows/s (E={epochs}, IPC{ipc}, {shards} shard(s) of "
+            f"{m['rows_per_shard']} rows), one thread per process", rates, "rows/s", cpu)
+        per_shard = str(max(1, m["rows"] // 8))
+        layout = ["--rows-per-chunk", per_shard, "--rows-per-shard", per_shard]
     return figures
 
 

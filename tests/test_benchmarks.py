@@ -148,7 +148,8 @@ def test_speed_quick_figures(quick_results: Path) -> None:
                       "train_stored_vs_online", "label_wait", "storage", "storage_blocks",
                       "rss_relabel", "rss_train", "startup_help", "startup_ls", "startup_show",
                       "startup_cached"} | (
-                          {"dist_recover"} | ({"dist_relabel"} if "dist_relabel" in f else set())
+                          {"dist_recover"} | ({"dist_relabel", "dist_relabel_sharded"}
+                                               if "dist_relabel" in f else set())
                           if res["meta"]["device"]["type"] == "cpu" else set())
     for key, fig in f.items():
         assert _finite(fig["a"]) and _finite(fig["b"]) and fig["b"] > 0, key
