@@ -174,6 +174,10 @@ class TrainConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--student-temperature must be same, auto or a positive "
                                   f"number (got {self.student_temperature!r})")
+        if self.loss == "mse-gt" and (self.student_temperature != "same"
+                                      or self.temperature_schedule != "constant"):
+            raise ConfigError("--student-temperature and --temperature-schedule apply to "
+                              "--loss kl only", "mse-gt compares raw logits, at no temperature")
         at_least("--hard-epochs", self.hard_epochs, 0)
         if self.epochs is not None and not self.hard_epochs < self.epochs:
             raise ConfigError(f"--hard-epochs must be in [0, --epochs) (got {self.hard_epochs})")

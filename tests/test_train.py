@@ -225,6 +225,17 @@ def test_online_stream_names_the_student(pipeline: dict) -> None:
         replace(base, online_stream="stale").validate()
 
 
+def test_temperature_options_are_refused_with_mse_gt() -> None:
+    """mse-gt compares raw logits: a student temperature or a schedule would be silently
+    ignored, so each is an error; with kl both are accepted."""
+    for extra in ({"student_temperature": "auto"}, {"student_temperature": "0.5"},
+                  {"temperature_schedule": "step"}):
+        with pytest.raises(ConfigError, match="apply to --loss kl only"):
+            replace(TINY, loss="mse-gt", **extra).validate()
+        replace(TINY, loss="kl", **extra).validate()
+    replace(TINY, loss="mse-gt").validate()
+
+
 # ------------------------------------------------------------------------- resume
 class _StopAfter:
     """A reporter whose epoch task raises after `n` epochs (an interrupted run)."""
