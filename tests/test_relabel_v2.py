@@ -148,6 +148,27 @@ def test_keep_is_byte_identical_to_relabel_then_random_prune(store_with_teacher:
     assert x.attrs["total_ratio"] == 80.0
 
 
+@needs_fmnist
+@pytest.mark.parametrize("encoding", [{"topk": 3, "topk_fill": "min"}, {"logits_dtype": "q8"}])
+def test_keep_with_an_encoding_equals_encoded_relabel_then_prune(
+        store_with_teacher: Store, encoding: dict) -> None:
+    """`--keep 40x --topk 3` (or `--logits-dtype q8`) labels only the kept rows, encoded as
+    they are computed: the files are those of the encoded full relabel pruned 40x."""
+    images = make_real_images(store_with_teacher, ipc=2)
+    base = RelabelConfig(epochs=40, batch_size=8, rows_per_forward=3, seed=3, **encoding)
+    full = relabel(store_with_teacher, base, images)
+    pruned = prune(store_with_teacher, PruneConfig(ratio=40.0, seed=3), full)
+    kept = relabel(store_with_teacher, RelabelConfig(**{**base.__dict__, "keep": 40.0}), images)
+    assert kept.metrics["rows_labelled"] == 3 and pruned.metrics["rows"] == 3
+    a, b = pruned.path / GROUP, kept.path / GROUP
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    assert any("topk" in str(f) for f in files_a) == ("topk" in encoding)
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
 # --------------------------------------------------------------- v1 stores
 @needs_fmnist
 def test_a_v1_store_still_trains_on_its_own_pixels(store_with_teacher: Store,
