@@ -483,6 +483,12 @@ def render_frontier(res: dict[str, Any]) -> str:
                        table), ""]
         if d.get("missing"):
             out += [f"Not run (time ran out): {', '.join(d['missing'])}.", ""]
+        if d.get("plateau"):  # the budget check: top-1 vs student epochs
+            budgets = list(d["plateau"][0]["top1"])
+            out += ["Budget check (top-1 % vs student epochs, same pools and seeds):", "",
+                    _table(["point", *[f"{e} epochs" for e in budgets]],
+                           [[r["label"], *[fmt_pct(r["top1"][e]) for e in budgets]]
+                            for r in d["plateau"]]), ""]
     out += ["Findings:", ""] + [f"- {f}" for f in res["findings"]]
     if res.get("figure"):
         out += ["", f"![frontier]({res['figure']})"]

@@ -116,15 +116,30 @@ def _prune_config(point: dict[str, Any], seed: int) -> dict[str, Any]:
     return {"ratio": point["ratio"], "metric": "random", "seed": seed, **point["encoding"]}
 
 
-def _train_config(p: DatasetPlan, point: dict[str, Any], seed: int) -> dict[str, Any]:
+PLATEAU_EPOCHS = (100, 200)  # the budget check: these student epochs besides the plan's
+
+
+def plateau_points(p: DatasetPlan) -> list[int]:
+    """The points the budget check retrains longer: float16 at the budget's bytes (constant
+    and step T) and the scheduled top-k point (constant and step+auto)."""
+    return [i for i, q in enumerate(p.points)
+            if (q["family"] == "float16" and q["ratio"] == BUDGET_RATIO
+                and q["schedule"] in ("constant", "step"))
+            or (q["label"].startswith(f"top-{p.schedule_k} ")
+                and q["schedule"] in ("constant", "step+auto"))]
+
+
+def _train_config(p: DatasetPlan, point: dict[str, Any], seed: int,
+                  epochs: int | None = None) -> dict[str, Any]:
     from lpld_cli.data.presets import get_preset
 
     preset = get_preset(p.name)
+    epochs = epochs or p.train_epochs
     extra = dict(SCHEDULES[point["schedule"]])
     if "temperature_schedule" in extra:  # LPQLD: 10 steps over the run
-        extra["temperature_step"] = max(1, p.train_epochs // 10)
+        extra["temperature_step"] = max(1, epochs // 10)
     return {"dataset": p.name, "model": "convnet", "width": p.student_width, "depth": 3,
-            "labels": "stored", "epochs": p.train_epochs, "batch_size": p.batch_size,
+            "labels": "stored", "epochs": epochs, "batch_size": p.batch_size,
             "temperature": preset.temperature, "optimizer": preset.optimizer, "lr": preset.lr,
             "weight_decay": preset.weight_decay, "warmup_epochs": 0, "seed": seed, **extra}
 
@@ -191,6 +206,47 @@ def summarise(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
                          "teacher": p.teacher}}
 
 
+def plateau(p: DatasetPlan, runner: Runner, pruned: dict, seeds: list[int],
+            images: str) -> list[dict[str, Any]]:
+    """Top-1 vs student epochs for `plateau_points`: is the plan's budget on the plateau?"""
+    points = plateau_points(p)
+    runner.phase(f"budget check {p.name}", {
+        ("plateau", p.name, i, e, s): {"stage": "train", "images": images,
+                                       "labels": pruned[(p.name, i, s)],
+                                       "config": _train_config(p, p.points[i], s, e)}
+        for e in PLATEAU_EPOCHS for s in seeds for i in points},
+        lambda k, r: f"top-1 {r['metrics']['top1']:.4f}")
+    rows = []
+    for i in points:
+        by_epochs = {p.train_epochs: [runner.results[("train", p.name, i, s)] for s in seeds]}
+        by_epochs |= {e: [runner.results[("plateau", p.name, i, e, s)] for s in seeds]
+                      for e in PLATEAU_EPOCHS}
+        rows.append({"label": p.points[i]["label"],
+                     "top1": {str(e): mean_std(r["metrics"]["top1"] for r in runs)
+                              for e, runs in sorted(by_epochs.items())}})
+    return rows
+
+
+def plateau_findings(d: dict[str, Any]) -> list[str]:
+    """Whether the encodings' verdict holds at every budget of the check."""
+    if not d.get("plateau"):
+        return []
+    out = []
+    budgets = list(d["plateau"][0]["top1"])
+    for e in budgets:
+        f = max((r for r in d["plateau"] if r["label"].startswith("float16")),
+                key=lambda r: r["top1"][e]["mean"])
+        k = max((r for r in d["plateau"] if not r["label"].startswith("float16")),
+                key=lambda r: r["top1"][e]["mean"])
+        gain = 100 * (k["top1"][e]["mean"] - f["top1"][e]["mean"])
+        spread = 100 * max(k["top1"][e]["std"] or 0, f["top1"][e]["std"] or 0)
+        out.append(f"{d['dataset']} budget check, students of {e} epochs: best top-k "
+                   f"{k['label']} {100 * k['top1'][e]['mean']:.1f}% vs best float16 "
+                   f"{f['label']} {100 * f['top1'][e]['mean']:.1f}% ({gain:+.1f} points, "
+                   f"seed spread ±{spread:.1f})")
+    return out
+
+
 def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> list[str]:
     """Per dataset: the best point against LPLD pruning alone at equal bytes and under the
     same temperature schedule, and what each schedule gives float16 pruning itself."""
@@ -238,6 +294,7 @@ def findings(sets: list[dict[str, Any]], planned: list[str] | None = None) -> li
                        f"the same schedule by "
                        f"{gain:+.1f} points (top-1 {100 * best['top1']['mean']:.1f}%, "
                        f"{best['top1']['n']} seeds{noise})")
+        out += plateau_findings(d)
     return out
 
 
@@ -287,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (quick: 1)")
     parser.add_argument("--datasets", default="fashion-mnist,fashion-mnist-pairs")
+    parser.add_argument("--plateau", default="fashion-mnist,fashion-mnist-pairs",
+                        help="datasets whose budget check (top-1 vs student epochs "
+                             f"{PLATEAU_EPOCHS}) runs; empty: none")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: summarise the students already in the store "
                              "(a run cut short; the JSON lists what is missing)")
@@ -341,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                 [t["images"], t["labels"]]) is not None}
         runner.phase(f"train {p.name}", tasks, lambda k, r: f"top-1 {r['metrics']['top1']:.4f}")
         sets.append(summarise(p, runner, pruned, seeds, store))
+        if p.name in args.plateau.split(","):
+            sets[-1]["plateau"] = plateau(p, runner, pruned, seeds, images)
 
     info = device_info(device)
     name = ("frontier" + ("" if info["type"] == "cpu" else f"-{info['type']}")
