@@ -163,10 +163,13 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
 # every stage: prune, the cheapest, takes all of them); "store.promoted" comes last, since
 # after it every run is a cache hit. Train's checkpoints come after its store points, so
 # the artifact compared is the one resumed twice (epochs 3 and 6), not a fresh run.
+# Five kills per stage; prune's first point twice (a restarted run killed again).
 KILL_POINTS: dict[str, list[str]] = {
-    "squeeze": ["squeeze.epoch:1", "store.staged", "store.promoted"],
-    "prune": ["prune.copy", "store.staged", "store.manifest", "store.promoted"],
-    "train": ["store.manifest", "train.checkpoint:3", "train.checkpoint:6", "store.promoted"],
+    "squeeze": ["squeeze.epoch:1", "squeeze.epoch:2", "store.staged", "store.manifest",
+                "store.promoted"],
+    "prune": ["prune.copy", "prune.copy", "store.staged", "store.manifest", "store.promoted"],
+    "train": ["store.staged", "store.manifest", "train.checkpoint:3", "train.checkpoint:6",
+              "store.promoted"],
 }
 # what a run killed at a point must say on stderr: it resumed (not restarted) the staging
 RESUMED_FROM = {"train.checkpoint:6": "resuming the student from epoch 3/8",
