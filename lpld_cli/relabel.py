@@ -44,7 +44,7 @@ import torch
 from lpld_cli import dist, stage_module
 from lpld_cli.checks import at_least, fill, one_of, positive
 from lpld_cli.data import augment
-from lpld_cli.data.label_pool import random_pool_rows
+from lpld_cli.data.label_pool import put_until_stopped, random_pool_rows
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import PRECISIONS, check_precision, default_precision
 from lpld_cli.errors import ConfigError
@@ -423,15 +423,6 @@ class _Drawer:
         return augment.row_at(orders[epoch], batch, c.batch_size, g.image_size, c.mix, c.seed,
                               epoch)
 
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _run(self) -> None:
         orders: dict[int, torch.Tensor] = {}
         k = self.config.rows_per_forward
@@ -443,11 +434,12 @@ class _Drawer:
                     for block, i in group:
                         blocks[block] = self._row(int(rows[i]), orders)
                         places.append((block, i, int(rows[i])))
-                    if not self._put(_Group(shard, len(rows), blocks, places)):
+                    group_item = _Group(shard, len(rows), blocks, places)
+                    if not put_until_stopped(self.queue, self.stop, group_item):
                         return
-            self._put(self._END)
+            put_until_stopped(self.queue, self.stop, self._END)
         except BaseException as exc:  # handed to the main thread
-            self._put(exc)
+            put_until_stopped(self.queue, self.stop, exc)
 
     def __iter__(self) -> Iterator[_Group]:
         while True:

@@ -193,6 +193,18 @@ class RowSampler:
         return self._epoch_rows[int(self.epochs[epoch % len(self.epochs)])]
 
 
+def put_until_stopped(q: queue.Queue[Any], stop: threading.Event, item: Any) -> bool:
+    """Put `item` on a producer thread's bounded queue, giving up once `stop` is set (the
+    consumer left): True if it was put. Shared by the label prefetcher and relabel's drawer."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class Prefetcher:
     """Reads and decodes the rows of upcoming steps on a background thread.
 
@@ -216,15 +228,6 @@ class Prefetcher:
                                         daemon=True)
         self._thread.start()
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _run(self) -> None:
         try:
             for epoch in range(self.start_epoch, self.epochs):
@@ -232,11 +235,12 @@ class Prefetcher:
                     row, target = self.pool.get(int(row_id))
                     if self.pin:
                         target = target.pin_memory()
-                    if not self._put(PoolBatch(epoch, step, int(row_id), row, target)):
+                    batch = PoolBatch(epoch, step, int(row_id), row, target)
+                    if not put_until_stopped(self._queue, self._stop, batch):
                         return
-            self._put(self._END)
+            put_until_stopped(self._queue, self._stop, self._END)
         except BaseException as exc:  # hand any reader error to the training loop
-            self._put(exc)
+            put_until_stopped(self._queue, self._stop, exc)
 
     def _get(self) -> Any:
         start = time.perf_counter()
