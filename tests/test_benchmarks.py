@@ -159,7 +159,6 @@ def test_speed_quick_figures(quick_results: Path) -> None:
     profile = f["relabel"]["ms_per_row"]  # the measured profile behind a missed target
     assert set(profile) == {"relabel", "draw", "replay", "forward"}
     assert all(_finite(v) and v > 0 for v in profile.values())
-    assert profile["relabel"] > profile["forward"]
     assert 100 < f["rss_train"]["b"] < 16_000  # MB: a real process, not a unit slip
 
 
