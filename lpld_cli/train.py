@@ -6,6 +6,11 @@ Three label modes (paper §4.1 "Validate", appendix C):
 - "online": the teacher labels a fresh augmentation every step (no storage: the upper bound);
 - "hard": cross-entropy on the images' classes, λ-mixed under CutMix (no teacher).
 
+The pieces: a `LabelSource` per mode yields each epoch's rows and targets (`StoredLabels`,
+`OnlineLabels`, `DrawnRows`; a distributed sampler replaces this object), `_Student.epoch`
+runs one epoch of steps with the loss `models.losses.student_loss` builds from the config,
+and `RowSplit.evaluate` is the one evaluation (progress probes and the final top-1).
+
 The student checkpoint (model, optimizer, RNG, history) is saved in staging after every
 epoch; an interrupted run resumes from it and ends with the same weights (every random
 draw is a function of (seed, epoch), so nothing else carries over between epochs).
@@ -328,114 +333,42 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
 
 
 def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
-         norm: dict[str, Any],
-         images: Artifact, pool: LabelPool | None, labels: Artifact | None,
-         teacher_artifact: Artifact | None, device: torch.device, reporter: Reporter,
-         eval_every: int) -> dict[str, Any]:
+         norm: dict[str, Any], images: Artifact, pool: LabelPool | None,
+         labels: Artifact | None, teacher: Artifact | None, device: torch.device,
+         reporter: Reporter, eval_every: int) -> dict[str, Any]:
+    """Train the student in `staging` (resuming its checkpoint); the manifest's metrics."""
     seed_everything(config.seed)
-    model = build_model(spec).to(device)
-    optimizer = _optimizer(model, config)
-    pixels, classes, _ = load_image_set(images.path)
-    if pixels.shape[-1] != spec["image_size"] or pixels.shape[1] != spec["in_chans"]:
-        raise ConfigError(f"images {images.short} are {pixels.shape[1]}×{pixels.shape[-1]}px, "
-                          f"the dataset's are {spec['in_chans']}×{spec['image_size']}px")
-    # uint8, normalised per batch (as relabel does: the teacher's mean/std)
-    x_all = ImageBank(pixels, norm["mean"], norm["std"], device)
-    del pixels
-    contract = pool.replay if pool is not None else CONTRACT
-    y_all = classes.to(device)
-    teacher = load_teacher(teacher_artifact, device).model if config.labels == "online" else None
-    probe = _test_subset(data, PROBE_IMAGES)
-    loss_fn = student_loss(config.loss)
-
-    state = _load_checkpoint(staging, model, optimizer)
-    split = RowSplit(model, device, config.sync_bn)  # this rank's slots of each row (DDP)
-    start_epoch = state["epoch"]
-    history: list[dict[str, Any]] = state["history"]
-    used_rows: set[int] = set(state["used_rows"])
-    label_seconds, step_seconds = state["label_seconds"], state["step_seconds"]
+    student = _Student.build(config, spec, images, norm, pool, device)
+    # before the checkpoint restores the RNG: building the teacher draws from it
+    online = load_teacher(teacher, device).model if config.labels == "online" else None
+    state = _load_checkpoint(staging, student.model, student.optimizer)
+    start_epoch, history = state["epoch"], state["history"]
+    step_seconds = state["step_seconds"]
     if start_epoch:
         reporter.log(f"resuming the student from epoch {start_epoch}/{config.epochs}")
-    # LPQLD's CA starts from t = 1 and re-calibrates after every epoch
-    student_t = {"same": None, "auto": 1.0}.get(config.student_temperature)
-    if student_t is None and config.student_temperature != "same":
-        student_t = float(config.student_temperature)
-    if config.student_temperature == "auto" and history:
-        student_t = history[-1]["student_temperature_next"]
-
-    prefetch = (Prefetcher(pool, pool.sampler(config.seed), start_epoch, config.epochs,
-                           pin=device.type == "cuda") if pool is not None else None)
+    source = label_source(config, student.bank, spec["image_size"], pool, online, device,
+                          start_epoch, state["label_seconds"], set(state["used_rows"]))
+    student_t = _student_temperature(config, history)
+    probe = _test_subset(data, PROBE_IMAGES)
     task = reporter.task("train student", config.epochs)
     task.advance(start_epoch)
-    model.train()
+    student.model.train()
     try:
         for epoch in range(start_epoch, config.epochs):
-            lr = _lr_at(config, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             started = time.perf_counter()
-            total_loss, steps = 0.0, 0
-            temperature = config.temperature_at(epoch)
-            hard = config.hard_epoch(epoch)
-            last: tuple[torch.Tensor, SoftTarget] | None = None
-            if prefetch is not None:
-                wait_before = prefetch.wait_seconds
-                batches: Iterator[tuple[Row, SoftTarget | None]] = (
-                    (b.row, b.target) for b in prefetch.epoch(epoch))
-            else:
-                stream = ("online" if config.labels == "online"
-                          and (config.online_stream or "fresh") == "fresh" else "relabel")
-                batches = ((row, None) for row in epoch_rows(
-                    len(x_all), config.batch_size, spec["image_size"], config.mix,
-                    config.seed, epoch, stream))
-            for row, stored in batches:
-                x = (split.pixels(x_all, row, spec["image_size"], contract)
-                     if split.w.distributed
-                     else student_batch(x_all, row, spec["image_size"], contract))
-                valid = row.valid
-                target = None
-                if stored is not None:
-                    target = stored[:valid].to(device, non_blocking=True)
-                elif teacher is not None:
-                    t0 = time.perf_counter()
-                    target = SoftTarget(logits=teacher_logits(teacher, x_all, row, device,
-                                                              config.precision)[:valid])
-                    label_seconds += time.perf_counter() - t0
-                with precision_autocast(device, config.precision):
-                    out = split.net(x)
-                out = split.whole(out.float(), valid)  # every rank's slots: the whole row
-                y = y_all[row.image_index[:valid].to(device, torch.long)]
-                if hard:  # HALD's hard-label phase
-                    loss = loss_fn(out, None, y, row, temperature, student_t)
-                else:
-                    loss = loss_fn(out, target, y, row, temperature, student_t)
-                    if target is not None and config.loss == "kl":
-                        last = (out.detach(), target)
-                optimizer.zero_grad(set_to_none=True)
-                split.backward(loss)
-                optimizer.step()
-                total_loss += float(loss.detach())
-                steps += 1
-            if prefetch is not None:
-                label_seconds += prefetch.wait_seconds - wait_before
-                used_rows |= prefetch.used_rows
+            record, last = student.epoch(source, epoch, student_t)
             step_seconds += time.perf_counter() - started
-            record: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1),
-                                      "lr": lr, "steps": steps,
-                                      "seconds": round(time.perf_counter() - started, 4)}
-            if config.labels != "hard":
-                record.update(temperature=temperature, hard=hard,
-                              student_temperature=student_t or temperature)
+            record["seconds"] = round(time.perf_counter() - started, 4)
             if config.student_temperature == "auto":
                 if last is not None:  # LPQLD's CA on the epoch's last batch
-                    student_t = calibrate_student_temperature(last[0], last[1], temperature)
+                    student_t = calibrate_student_temperature(*last, record["temperature"])
                 record["student_temperature_next"] = student_t
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
-                record["test_top1_subset"] = split.evaluate(probe, device)["top1"]
+                record["test_top1_subset"] = student.split.evaluate(probe, device)["top1"]
             history.append(record)
-            if split.w.main:
-                _save_checkpoint(staging, model, optimizer, epoch + 1, history, used_rows,
-                                 label_seconds, step_seconds)
+            if student.split.w.main:
+                _save_checkpoint(staging, student.model, student.optimizer, epoch + 1, history,
+                                 source.used_rows, source.label_seconds, step_seconds)
             kill_point("train.checkpoint", epoch + 1)
             fields = {"loss": record["loss"]}
             if "test_top1_subset" in record:
@@ -443,13 +376,40 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             task.advance(1, **fields)
     finally:
         task.close()
-        if prefetch is not None:
-            prefetch.close()
+        source.close()
 
-    scores = split.evaluate(data, device)
-    if not split.w.main:  # rank 0 writes the student
+    scores = student.split.evaluate(data, device)
+    if not student.split.w.main:  # rank 0 writes the student
         return {}
     history[-1].update(scores)
+    _write_student(staging, student.model, spec, history)
+    reporter.log(f"student top-1 {scores['top1']:.4f} on {config.dataset} test")
+    return {**scores, "epochs": config.epochs, "steps": sum(r["steps"] for r in history),
+            "images": len(student.bank),
+            "label_rows": pool.rows if pool is not None else 0,
+            "label_rows_used": len(source.used_rows),
+            "label_pool_bytes": (labels.payload_bytes
+                                 if pool is not None and labels is not None else 0),
+            "label_wait_share": (round(source.label_seconds / step_seconds, 4)
+                                 if step_seconds else 0.0),
+            "student_temperature_last": history[-1].get("student_temperature"),
+            "train_seconds": round(step_seconds, 3),
+            "epoch_seconds": [r.get("seconds") for r in history]}
+
+
+def _student_temperature(config: TrainConfig, history: list[dict[str, Any]]) -> float | None:
+    """The student's temperature at the next epoch (None: the teacher's). LPQLD's CA starts
+    from t = 1 and re-calibrates after every epoch (a resumed run takes the last value)."""
+    if config.student_temperature == "same":
+        return None
+    if config.student_temperature == "auto":
+        return history[-1]["student_temperature_next"] if history else 1.0
+    return float(config.student_temperature)
+
+
+def _write_student(staging: Staging, model: nn.Module, spec: dict[str, Any],
+                   history: list[dict[str, Any]]) -> None:
+    """The student's payload: weights, architecture and per-epoch metrics (no timings)."""
     save_weights(staging.path / "weights.safetensors", model)
     (staging.path / "model.json").write_text(json.dumps(spec, indent=2))
     # timings go to the manifest's metrics, never into a hashed payload file (DESIGN §4)
@@ -457,16 +417,170 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
         json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) + "\n"
         for r in history))
     (staging.path / CHECKPOINT).unlink()
-    reporter.log(f"student top-1 {scores['top1']:.4f} on {config.dataset} test")
-    return {**scores, "epochs": config.epochs, "steps": sum(r["steps"] for r in history),
-            "images": len(x_all),
-            "label_rows": pool.rows if pool is not None else 0,
-            "label_rows_used": len(used_rows),
-            "label_pool_bytes": labels.payload_bytes if pool is not None else 0,
-            "label_wait_share": round(label_seconds / step_seconds, 4) if step_seconds else 0.0,
-            "student_temperature_last": history[-1].get("student_temperature"),
-            "train_seconds": round(step_seconds, 3),
-            "epoch_seconds": [r.get("seconds") for r in history]}
+
+
+# ------------------------------------------------------------------ the label sources
+class LabelSource:
+    """Where a student's rows and their targets come from, epoch by epoch: one interface
+    for the three label modes (a distributed sampler replaces this object).
+
+    `epoch(e)` yields `(row, target)` for each step of epoch `e`: the target is a
+    `SoftTarget` over the row's valid slots on the training device, or None (hard labels).
+    `label_seconds` is the time spent waiting for targets; `used_rows` the stored rows read.
+    """
+
+    def __init__(self, label_seconds: float = 0.0, used_rows: set[int] | None = None) -> None:
+        self.label_seconds = label_seconds
+        self.used_rows: set[int] = used_rows if used_rows is not None else set()
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Row, SoftTarget | None]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop any background work."""
+
+
+class StoredLabels(LabelSource):
+    """Rows of the label pool in the sampler's order, read ahead by a `Prefetcher`."""
+
+    def __init__(self, pool: LabelPool, seed: int, start_epoch: int, epochs: int,
+                 device: torch.device, label_seconds: float = 0.0,
+                 used_rows: set[int] | None = None) -> None:
+        super().__init__(label_seconds, used_rows)
+        self.device = device
+        self.prefetch = Prefetcher(pool, pool.sampler(seed), start_epoch, epochs,
+                                   pin=device.type == "cuda")
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Row, SoftTarget | None]]:
+        wait_before = self.prefetch.wait_seconds
+        for batch in self.prefetch.epoch(epoch):
+            yield batch.row, batch.target[:batch.row.valid].to(self.device, non_blocking=True)
+        self.label_seconds += self.prefetch.wait_seconds - wait_before
+        self.used_rows |= self.prefetch.used_rows
+
+    def close(self) -> None:
+        self.prefetch.close()
+
+
+class DrawnRows(LabelSource):
+    """Fresh rows of `epoch_rows` (the `stream` of `seed`); hard labels: no target."""
+
+    def __init__(self, config: TrainConfig, images: int, image_size: int, stream: str,
+                 label_seconds: float = 0.0) -> None:
+        super().__init__(label_seconds)
+        self.config, self.images, self.image_size, self.stream = (config, images, image_size,
+                                                                   stream)
+
+    def rows(self, epoch: int) -> Iterator[Row]:
+        c = self.config
+        return epoch_rows(self.images, c.batch_size, self.image_size, c.mix, c.seed, epoch,
+                          self.stream)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Row, SoftTarget | None]]:
+        return ((row, None) for row in self.rows(epoch))
+
+
+class OnlineLabels(DrawnRows):
+    """Fresh rows labelled by the teacher at every step (nothing stored: the upper bound)."""
+
+    def __init__(self, config: TrainConfig, bank: ImageBank, image_size: int,
+                 teacher: nn.Module, device: torch.device, label_seconds: float = 0.0) -> None:
+        stream = "online" if (config.online_stream or "fresh") == "fresh" else "relabel"
+        super().__init__(config, len(bank), image_size, stream, label_seconds)
+        self.bank, self.teacher, self.device = bank, teacher, device
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Row, SoftTarget | None]]:
+        for row in self.rows(epoch):
+            t0 = time.perf_counter()
+            logits = teacher_logits(self.teacher, self.bank, row, self.device,
+                                    self.config.precision)
+            self.label_seconds += time.perf_counter() - t0
+            yield row, SoftTarget(logits=logits[:row.valid])
+
+
+def label_source(config: TrainConfig, bank: ImageBank, image_size: int,
+                 pool: LabelPool | None, teacher: nn.Module | None, device: torch.device,
+                 start_epoch: int = 0, label_seconds: float = 0.0,
+                 used_rows: set[int] | None = None) -> LabelSource:
+    """The label source of `config.labels` (resuming at `start_epoch` with its counters)."""
+    if config.labels == "stored":
+        if pool is None:
+            raise ValueError("stored labels need the label pool")
+        return StoredLabels(pool, config.seed, start_epoch, config.epochs, device,
+                            label_seconds, used_rows)
+    if config.labels == "online":
+        if teacher is None:
+            raise ValueError("online labels need the teacher")
+        return OnlineLabels(config, bank, image_size, teacher, device, label_seconds)
+    return DrawnRows(config, len(bank), image_size, "relabel", label_seconds)
+
+
+# ------------------------------------------------------------------- one epoch
+@dataclass
+class _Student:
+    """The student network with its optimizer, loss and images: what a step needs."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    split: RowSplit  # this rank's slots of each row (DDP); the whole row on one process
+    loss: Any  # models.losses.student_loss(config.loss)
+    bank: ImageBank
+    classes: torch.Tensor
+    contract: int  # the replay contract of the rows' label store
+    image_size: int
+    device: torch.device
+
+    @classmethod
+    def build(cls, config: TrainConfig, spec: dict[str, Any], images: Artifact,
+              norm: dict[str, Any], pool: LabelPool | None, device: torch.device) -> _Student:
+        model = build_model(spec).to(device)
+        optimizer = _optimizer(model, config)
+        pixels, classes, _ = load_image_set(images.path)
+        if pixels.shape[-1] != spec["image_size"] or pixels.shape[1] != spec["in_chans"]:
+            raise ConfigError(f"images {images.short} are {pixels.shape[1]}×"
+                              f"{pixels.shape[-1]}px, the dataset's are {spec['in_chans']}×"
+                              f"{spec['image_size']}px")
+        # uint8, normalised per batch (as relabel does: the teacher's mean/std)
+        bank = ImageBank(pixels, norm["mean"], norm["std"], device)
+        return cls(config, model, optimizer, RowSplit(model, device, config.sync_bn),
+                   student_loss(config.loss), bank, classes.to(device),
+                   pool.replay if pool is not None else CONTRACT, spec["image_size"], device)
+
+    def epoch(self, source: LabelSource, epoch: int, student_t: float | None
+              ) -> tuple[dict[str, Any], tuple[torch.Tensor, SoftTarget] | None]:
+        """One epoch of steps over `source`: its record, and the last step's (student
+        logits, target) for LPQLD's calibration (None without soft targets)."""
+        config, split = self.config, self.split
+        lr = _lr_at(config, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        temperature = config.temperature_at(epoch)
+        hard = config.hard_epoch(epoch)  # HALD's hard-label phase
+        total_loss, steps = 0.0, 0
+        last: tuple[torch.Tensor, SoftTarget] | None = None
+        for row, target in source.epoch(epoch):
+            x = (split.pixels(self.bank, row, self.image_size, self.contract)
+                 if split.w.distributed
+                 else student_batch(self.bank, row, self.image_size, self.contract))
+            with precision_autocast(self.device, config.precision):
+                out = split.net(x)
+            out = split.whole(out.float(), row.valid)  # every rank's slots: the whole row
+            y = self.classes[row.image_index[:row.valid].to(self.device, torch.long)]
+            loss = self.loss(out, None if hard else target, y, row, temperature, student_t)
+            if not hard and target is not None and config.loss == "kl":
+                last = (out.detach(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            split.backward(loss)
+            self.optimizer.step()
+            total_loss += float(loss.detach())
+            steps += 1
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total_loss / max(steps, 1),
+                                  "lr": lr, "steps": steps}
+        if config.labels != "hard":
+            record.update(temperature=temperature, hard=hard,
+                          student_temperature=student_t or temperature)
+        return record, last
 
 
 def _test_subset(data: RealData, n: int) -> RealData:

@@ -143,6 +143,52 @@ def test_prefetcher_serves_the_sampled_rows(pipeline: dict) -> None:
         sampler.epoch_rows(1).tolist()) | set(sampler.epoch_rows(2).tolist())
 
 
+def test_label_sources_yield_the_rows_and_targets_of_their_mode(pipeline: dict) -> None:
+    """The three label sources against independent paths: the store read directly, the
+    `epoch_rows` streams, and relabel's stored logits for the online teacher's targets."""
+    from lpld_cli.train import DrawnRows, OnlineLabels, StoredLabels, label_source
+
+    full, cpu = pipeline["full"], torch.device("cpu")
+    net = load_teacher(pipeline["teacher"], cpu)
+    pixels, _, _ = load_image_set(pipeline["images"].path)
+    bank = augment.ImageBank(pixels, net.data["mean"], net.data["std"], cpu)
+    config = replace(TINY, mix="cutmix", seed=0, precision="fp32").resolved(row_size=16)
+    pool = LabelPool.open(full)
+
+    stored = label_source(config, bank, 28, pool, None, cpu)
+    assert isinstance(stored, StoredLabels)
+    want = pool.sampler(0).epoch_rows(0)
+    rows = LabelStore.open(full.path).read_rows(want)
+    got = list(stored.epoch(0))
+    assert len(got) == len(want) == 3
+    for j, (row, target) in enumerate(got):
+        np.testing.assert_array_equal(row.image_index.numpy(), rows.image_index[j])
+        logits = decode_logits(rows.logits[j], "float16")[:row.valid]
+        assert target is not None and torch.equal(target.logits, logits)
+    assert stored.used_rows == set(want.tolist())
+    stored.close()
+
+    hard = label_source(replace(config, labels="hard"), bank, 28, None, None, cpu)
+    assert type(hard) is DrawnRows
+    assert [(_row_key(r), t) for r, t in hard.epoch(2)] == [
+        (_row_key(r), None) for r in augment.epoch_rows(40, 16, 28, "cutmix", 0, 2)]
+    assert hard.label_seconds == 0 and hard.used_rows == set()
+
+    fresh = label_source(replace(config, labels="online"), bank, 28, None, net.model, cpu)
+    assert isinstance(fresh, OnlineLabels)
+    assert [_row_key(r) for r, _ in fresh.epoch(1)] == [
+        _row_key(r) for r in augment.epoch_rows(40, 16, 28, "cutmix", 0, 1, "online")]
+    replayed = label_source(replace(config, labels="online", online_stream="relabel"), bank,
+                            28, None, net.model, cpu)
+    for step, (row, target) in enumerate(replayed.epoch(1)):  # relabel's epoch 1: rows 3-5
+        stored_row, stored_target = pool.get(3 + step)
+        assert _row_key(row) == _row_key(stored_row) and target is not None
+        assert target.logits.shape == (row.valid, 10)
+        torch.testing.assert_close(target.logits, stored_target.logits[:row.valid],
+                                   atol=2e-2, rtol=1e-2)  # stored as float16
+    assert replayed.label_seconds > 0
+
+
 # --------------------------------------------------------------------- the artifact
 def test_student_artifact_and_cache(pipeline: dict) -> None:
     store, full, images = pipeline["store"], pipeline["full"], pipeline["images"]
