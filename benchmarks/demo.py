@@ -24,7 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import ROOT, base_parser, device_info, log, publish  # noqa: E402
+from benchmarks._env import ROOT, base_parser, device_info, log  # noqa: E402
+from benchmarks._render import publish  # noqa: E402
 
 STEP = re.compile(r"^== lpld (?P<step>.+)$")
 SECONDS = re.compile(r"^\s+\((?P<s>\d+) s\)$")

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import ROOT, base_parser, log, write_json  # noqa: E402
+from benchmarks._env import ROOT, base_parser, log, write_json  # noqa: E402
 
 
 def ranks_metrics(n: int, argv: list[str]) -> dict[str, Any]:

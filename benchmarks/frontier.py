@@ -32,17 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    Runner,
-    base_parser,
-    default_jobs,
-    device_info,
-    log,
-    mean_std,
-    regenerate_results,
-    results_md_path,
-    write_json,
-)
+from benchmarks._env import base_parser, default_jobs, device_info, log, results_md_path, write_json
+from benchmarks._render import regenerate_results
+from benchmarks._runner import Runner
+from benchmarks._stats import mean_std
 
 FP16_RATIOS = (1.0, 10.0, 40.0, 100.0)
 BUDGET_RATIO = 40.0  # the other encodings sit at the logits bytes of float16 at this ratio

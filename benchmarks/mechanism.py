@@ -30,16 +30,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._env import (  # noqa: E402
     DATASET,
-    Runner,
     base_parser,
     default_jobs,
     device_info,
     log,
-    mean_std,
     write_json,
 )
+from benchmarks._runner import Runner  # noqa: E402
+from benchmarks._stats import mean_std  # noqa: E402
 
 METHODS = ("lpld", "sre2l")
 IPC = 10

@@ -31,13 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (  # noqa: E402
-    ROOT,
-    base_parser,
-    device_info,
-    log,
-    publish,
-)
+from benchmarks._env import ROOT, base_parser, device_info, log  # noqa: E402
+from benchmarks._render import publish  # noqa: E402
 
 # One relabel in a child process: prints its metrics and peak RSS (KiB).
 _CHILD = """

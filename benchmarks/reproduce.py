@@ -22,18 +22,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._env import (  # noqa: E402
     DATASET,
-    Runner,
     base_parser,
     default_jobs,
     device_info,
     log,
-    mean_std,
-    regenerate_results,
     results_md_path,
     write_json,
 )
+from benchmarks._render import regenerate_results  # noqa: E402
+from benchmarks._runner import Runner  # noqa: E402
+from benchmarks._stats import mean_std  # noqa: E402
 from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS, scored  # noqa: E402
 
 METHODS = ("sre2l", "cda", "lpld")

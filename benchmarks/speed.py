@@ -32,23 +32,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import dist_speed  # noqa: E402
-from benchmarks._common import (  # noqa: E402
-    DATASET,
-    ROOT,
-    base_parser,
-    device_info,
-    log,
-    publish,
-    regenerate_results,
-    write_json,
-)
+from benchmarks._env import DATASET, ROOT, base_parser, device_info, log, write_json  # noqa: E402
+from benchmarks._render import publish, regenerate_results  # noqa: E402
 from benchmarks.reproduce import settings  # noqa: E402
 
 TRAIN_REPEATS = 2
 # RSS wrapper: runs one stage in a child and prints the child's peak RSS in KiB.
 _RSS_WRAPPER = (
     "import resource, subprocess, sys\n"
-    "proc = subprocess.run([sys.executable, '-m', 'benchmarks._common', sys.argv[1]], "
+    "proc = subprocess.run([sys.executable, '-m', 'benchmarks._runner', sys.argv[1]], "
     "capture_output=True, text=True)\n"
     "sys.stderr.write(proc.stderr[-2000:])\n"
     "print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else '{}')\n"

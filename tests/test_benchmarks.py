@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._common import results_md_path
+from benchmarks._env import results_md_path
 from tests.conftest import needs_fmnist
 
 ROOT = Path(__file__).resolve().parent.parent

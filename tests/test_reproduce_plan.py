@@ -106,7 +106,7 @@ def test_tables_verdicts_and_markdown_from_synthetic_results() -> None:
     from a quick plan's results in the JSON layout main() writes (no stage runs)."""
     import json
 
-    from benchmarks._common import render_reproduce
+    from benchmarks._render import render_reproduce
     from benchmarks.reproduce import Tables, findings
     from benchmarks.verdicts import claims, render
 

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from benchmarks._common import BENCH, DEFAULT_OUT, regenerate_results
+from benchmarks._env import BENCH, DEFAULT_OUT
+from benchmarks._render import regenerate_results
 
 
 def test_committed_results_md_is_generated_from_the_committed_json(tmp_path: Path) -> None:
