@@ -49,7 +49,10 @@ def render(res: dict[str, Any]) -> str:
              f"Wall time **{res['wall_s'] / 60:.1f} min** for the whole pipeline on a fresh "
              f"store ({res['meta']['cpus']} CPU cores, setup not counted); per step:", "",
              "| step | seconds |", "|---|---|"]
-    lines += [f"| `lpld {s['step']}` | {s['seconds']} |" for s in res["steps"]]
+    # the plot was drawn into the run's temporary folder: name the copy that is kept
+    kept = re.compile(r"\S*/" + re.escape(PLOT))
+    lines += [f"| `lpld {kept.sub(f'results/{PLOT}', s['step'])}` | {s['seconds']} |"
+              for s in res["steps"]]
     lines += ["", "| student | labels | ratio | top-1 | label bytes |", "|---|---|---|---|---|"]
     for row in res["students"]:
         top1 = f"{100 * row['top1']:.1f}%" if row["top1"] is not None else "n/a"

@@ -49,12 +49,14 @@ def test_the_demo_section_renders_its_steps_students_and_plot(tmp_path: Path) ->
     students = [{"id": "a" * 64, "labels": "stored", "ratio": "40x", "top1": 0.8125,
                  "label_bytes": 123456},
                 {"id": "b" * 64, "labels": "hard", "ratio": None, "top1": 0.5, "label_bytes": 0}]
+    plot_step = {"step": f"report accuracy --plot /tmp/lpld-demo-x1/{PLOT}", "seconds": 3}
     (results / "demo.json").write_text(json.dumps(
-        {"wall_s": 540.0, "steps": steps, "students": students, "figure": PLOT,
+        {"wall_s": 540.0, "steps": [*steps, plot_step], "students": students, "figure": PLOT,
          "meta": {"cpus": 2, "device": {}}}))
     text = regenerate_results(results, tmp_path / "RESULTS.md").read_text()
     section = text.split("## The README demo")[1]
     assert "**9.0 min**" in section and "| `lpld recover --ipc 10` | 95 |" in section
+    assert f"| `lpld report accuracy --plot results/{PLOT}` | 3 |" in section  # the kept copy
     assert "| aaaaaaaaaaaa | stored | 40x | 81.2% | 123,456 |" in section
     assert "| bbbbbbbbbbbb | hard | — | 50.0% | 0 |" in section
     link = [line for line in section.splitlines() if line.startswith("![")][0]
