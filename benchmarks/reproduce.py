@@ -462,15 +462,18 @@ class Tables:
                                       if best and random["top1"]["mean"] is not None else None)}
 
     def bn_stats(self, images_metrics: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
+        """The ema/exact pair, both on the seeds the ema teacher ran (a paired comparison)."""
         ipc, ratios = self.s.metrics_ipc, [1.0, self.s.pruned_ratio]
+        seeds = self.s.seeds if self.s.side_seeds is None else self.s.side_seeds
         rows = []
         for mode, variant in (("exact", "lpld"), ("ema", "lpld-ema")):
             self_top1 = mean_std(images_metrics[(variant, ipc, self.s.image_seed(ipc, seed))]
-                                 ["self_top1"] for seed in self.s.seeds)
+                                 ["self_top1"] for seed in seeds)
             for r in ratios:
+                runs = [run for run in self.runs(variant, ipc, ratio=r) if run["seed"] in seeds]
                 rows.append({"bn_stats": mode, "ratio": r, "self_top1": self_top1,
-                             **self.cell(self.runs(variant, ipc, ratio=r))})
-        return {"ipc": ipc, "ratios": ratios, "rows": rows}
+                             **self.cell(runs)})
+        return {"ipc": ipc, "ratios": ratios, "seeds": seeds, "rows": rows}
 
     def baselines(self) -> dict[str, Any]:
         ratio = self.s.pruned_ratio
@@ -745,7 +748,10 @@ def main(argv: list[str] | None = None) -> int:
                  "command": "python benchmarks/reproduce.py" + (" --quick" if s.quick else "")
                  + (f" --device {args.device}" if args.device != "auto" else ""),
                  "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "seconds": round(time.perf_counter() - started, 1), "seeds": s.seeds,
+                 "seconds": round(time.perf_counter() - started, 1),
+                 # runs an earlier, interrupted invocation made: their time is not in seconds
+                 "cached_runs": sum(1 for r in runner.results.values() if r["cached"]),
+                 "runs": len(runner.results), "seeds": s.seeds,
                  "ipcs": s.ipcs, "epochs": {str(k): v for k, v in s.epochs.items()},
                  "recover_iterations": {str(k): v for k, v in s.recover_iterations.items()},
                  "teacher_config": s.teacher, "plan": "issue-18", "cuts": s.cuts,
