@@ -149,6 +149,8 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
     text = render_reproduce(res)
     assert "Convergence check" in text and "Cut to fit" in text and "| real |" in text
     assert "in 1.0 min (this invocation: 3 of its 10 runs were already in the store" in text
+    assert "0.02 h in this invocation, which found its runs in the store" in text
+    assert "An earlier plan" not in text  # the plan is issue 18's
     by = {c["id"]: c for c in claims(res)}
     assert set(by) == {"a", "b", "c", "d", "e"}
     assert all(by[c]["cells"] for c in by)  # every claim found its rows in the new layout
