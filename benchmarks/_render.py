@@ -228,7 +228,25 @@ def _convergence_section(conv: dict[str, Any] | None) -> list[str]:
         out += [_table(header, [["top-1 (%)", *(fmt_pct({"mean": r["top1"], "n": 1})
                                                   if r["top1"] is not None else "n/a"
                                                   for r in rows)]]), ""]
+        out += _plateau_line(ipc, conv["budget"][str(ipc)], rows)
     return out
+
+
+PLATEAU_PP = 1.0  # more top-1 than this at the longest run: the plan's budget is not converged
+
+
+def _plateau_line(ipc: int, budget: int, rows: list[dict[str, Any]]) -> list[str]:
+    """Whether the plan's epoch budget is on the plateau: the longest run's gain over it."""
+    at = {r["epochs"]: r["top1"] for r in rows if r["top1"] is not None}
+    longest = max(at, default=budget)
+    if budget not in at or longest <= budget:
+        return []
+    gain = 100 * (at[longest] - at[budget])
+    verdict = ("on the plateau" if gain <= PLATEAU_PP else
+               "**not on the plateau**: the IPC's comparisons are at the paper's budget, "
+               "not at convergence")
+    return [f"IPC{ipc}: {longest} epochs give {gain:+.1f} pp over the plan's {budget} "
+            f"(threshold {PLATEAU_PP:g} pp, one seed): {verdict}.", ""]
 
 
 def _figure_line(res: dict[str, Any]) -> list[str]:

@@ -61,3 +61,18 @@ def test_the_demo_section_renders_its_steps_students_and_plot(tmp_path: Path) ->
     assert "| bbbbbbbbbbbb | hard | — | 50.0% | 0 |" in section
     link = [line for line in section.splitlines() if line.startswith("![")][0]
     assert (tmp_path / link.split("](")[1].rstrip(")")).is_file()
+
+
+def test_the_convergence_check_says_whether_the_budget_is_on_the_plateau() -> None:
+    from benchmarks._render import _plateau_line
+
+    def rows(**top1: float) -> list[dict]:
+        return [{"epochs": int(k[1:]), "top1": v} for k, v in top1.items()]
+
+    slow = _plateau_line(10, 300, rows(e200=0.811, e300=0.830, e600=0.859))
+    assert slow[0].startswith("IPC10: 600 epochs give +2.9 pp over the plan's 300")
+    assert "**not on the plateau**" in slow[0]
+    done = _plateau_line(50, 300, rows(e300=0.882, e600=0.890))
+    assert "+0.8 pp" in done[0] and done[0].endswith(": on the plateau.")
+    assert _plateau_line(10, 300, rows(e100=0.7, e200=0.8)) == []  # the budget was not run
+    assert _plateau_line(10, 300, rows(e100=0.7, e300=0.8)) == []  # nothing longer
