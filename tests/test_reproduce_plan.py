@@ -157,3 +157,25 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
     assert by["a"]["cells"][0]["test"].startswith(f"paired t ({len(s.seeds)} seeds)")
     assert "## Verdicts" in render(res)
 
+
+
+def test_rates_from_a_reference_that_found_every_run_in_the_store() -> None:
+    """A resumed reference run timed nothing itself: recover, relabel and train rates come
+    from the artifacts' own timings; prune and the per-student overhead fall back."""
+    from benchmarks.reproduce import stage_rates
+
+    meta = {"recover_iterations": {"10": 500}, "command": "c", "finished": "f",
+            "device": {"name": "CPU"}, "jobs": 2, "threads": 1}
+    runs = [{"key": ["recover", "lpld", 10, 0], "cached": True, "seconds": 0.01,
+             "metrics": {"seconds_per_class": 10.0, "classes": 10, "images": 100}},
+            {"key": ["relabel", "lpld", 10, 0, None], "cached": True, "seconds": 0.01,
+             "metrics": {"rows": 600, "seconds": 24.0}},
+            {"key": ["prune", "lpld", 10, 0, 40.0, "batch", "random", None], "cached": True,
+             "seconds": 0.01, "metrics": {"rows": 15}},
+            {"key": ["train", "lpld", 10, 0, "stored", 1.0, None, None, None], "cached": True,
+             "seconds": 0.02, "metrics": {"steps": 600, "train_seconds": 36.0}}]
+    rates = stage_rates({"meta": meta, "runs": runs})
+    assert rates["recover_per_image_iteration"] == {10: 100.0 / (100 * 500)}
+    assert rates["relabel_per_row"] == 24.0 / 600
+    assert rates["train_per_step"] == {"stored": 36.0 / 600}
+    assert rates["prune"] == 0.07 and rates["train_overhead"] == 8.7
