@@ -243,7 +243,7 @@ def _plateau_line(ipc: int, budget: int, rows: list[dict[str, Any]]) -> list[str
         return []
     gain = 100 * (at[longest] - at[budget])
     verdict = ("on the plateau" if gain <= PLATEAU_PP else
-               "**not on the plateau**: the IPC's comparisons are at the paper's budget, "
+               "**not on the plateau**: the IPC's comparisons are at the plan's budget, "
                "not at convergence")
     return [f"IPC{ipc}: {longest} epochs give {gain:+.1f} pp over the plan's {budget} "
             f"(threshold {PLATEAU_PP:g} pp, one seed): {verdict}.", ""]
