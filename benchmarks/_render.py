@@ -91,7 +91,7 @@ def _scaled_down_section(meta: dict[str, Any]) -> list[str]:
 def _cuts_section(meta: dict[str, Any]) -> list[str]:
     if not meta.get("cuts"):
         return []
-    return ["### Cut to fit the CPU budget (the headline rows are at preset settings)", "",
+    return ["### Cut to fit the CPU budget", "",
             *(f"- **{k}**: {v}" for k, v in meta["cuts"].items()), ""]
 
 
@@ -343,17 +343,26 @@ def render_frontier(res: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ RESULTS.md
+EARLIER = "earlier"  # results/earlier/: full reproductions of an earlier plan, kept to compare
+
+
 def _verdicts(out: Path) -> list[str]:
     """The verdict table (benchmarks/verdicts.py) from the CPU reproduction (full, else
     quick) and the mechanism run beside it, if any."""
-    from benchmarks.verdicts import render
+    from benchmarks.verdicts import render, render_budget
 
     for suffix in ("", "-quick"):
         path = out / f"reproduce{suffix}.json"
         if path.is_file():
             mech = out / f"mechanism{suffix}.json"
             mechanism = json.loads(mech.read_text()) if mech.is_file() else None
-            return [render(json.loads(path.read_text()), mechanism), ""]
+            res = json.loads(path.read_text())
+            parts = [render(res, mechanism), ""]
+            if not suffix:  # earlier full runs of other epoch budgets, kept for this table
+                for old in sorted((out / EARLIER).glob("reproduce*.json")):
+                    table = render_budget(res, json.loads(old.read_text()), mechanism)
+                    parts += [table, ""] if table else []
+            return parts
     return []
 
 

@@ -76,3 +76,37 @@ def test_the_convergence_check_says_whether_the_budget_is_on_the_plateau() -> No
     assert "+0.8 pp" in done[0] and done[0].endswith(": on the plateau.")
     assert _plateau_line(10, 300, rows(e100=0.7, e200=0.8)) == []  # the budget was not run
     assert _plateau_line(10, 300, rows(e100=0.7, e300=0.8)) == []  # nothing longer
+
+
+def test_an_earlier_budget_is_compared_claim_by_claim(tmp_path: Path) -> None:
+    """results/earlier/: a full run at other epochs; RESULTS.md lists each claim's verdict at
+    both budgets and every comparison whose verdict moved (here one, flipped by hand)."""
+    earlier = json.loads((DEFAULT_OUT / "earlier" / "reproduce-ipc10-300-epochs.json").read_text())
+    assert earlier["meta"]["epochs"] == {"10": 300, "50": 300}
+    now = json.loads(json.dumps(earlier))
+    now["meta"]["epochs"] = {"10": 600, "50": 300}
+    cda = {run["key"][3]: run["metrics"]["top1"] for run in now["runs"]
+           if run["key"] == ["train", "cda", 10, run["key"][3], "stored", 40.0, "epoch",
+                             "random", None]}
+    assert sorted(cda) == [0, 1, 2]
+    for run in now["runs"]:  # LPLD IPC10 40× now 4-6 points above CDA on every seed
+        if run["key"] == ["train", "lpld", 10, run["key"][3], "stored", 40.0, "batch",
+                          "random", None]:
+            run["metrics"]["top1"] = cda[run["key"][3]] + 0.04 + 0.01 * run["key"][3]
+    results = tmp_path / "results"
+    (results / "earlier").mkdir(parents=True)
+    (results / "reproduce.json").write_text(json.dumps(now))
+    shutil.copy(DEFAULT_OUT / "earlier" / "reproduce-ipc10-300-epochs.json", results / "earlier")
+    text = regenerate_results(results, tmp_path / "RESULTS.md").read_text()
+    section = text.split("### Does the epoch budget decide the verdicts?")[1].split("\n## ")[0]
+    assert "| verdict at IPC10 300, IPC50 300 epochs | verdict at IPC10 600, IPC50 300 epochs |" \
+        in section
+    row_a = next(line for line in section.splitlines() if line.startswith("| (a) |"))
+    assert row_a == ("| (a) | does not hold | within noise | 12 | "
+                     "IPC10 40×: LPLD − sre2l: within noise → holds; "
+                     "IPC10 40×: LPLD − cda: does not hold → holds |")
+    assert "| (e) | does not hold | does not hold | 18 |" in section
+    # the same budget twice: no table
+    (results / "reproduce.json").write_text(json.dumps(earlier))
+    text = regenerate_results(results, tmp_path / "RESULTS.md").read_text()
+    assert "Does the epoch budget" not in text
