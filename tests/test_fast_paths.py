@@ -95,6 +95,7 @@ def test_cached_stages_answer_without_torch(tmp_path: Path) -> None:
     steps = [["squeeze", "--train-subset", "300", "--teacher-epochs", "1", "--width", "8"],
              ["recover", "--ipc", "1", "--iterations", "2"],
              ["relabel", "--ipc", "1", "--epochs", "2", "--batch-size", "10"],
+             ["prune", "--ipc", "1", "--ratio", "2x"],
              ["train", "--ipc", "1", "--epochs", "1", "--eval-every", "0"]]
     runner = CliRunner()
     made = {}

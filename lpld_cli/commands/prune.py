@@ -8,10 +8,18 @@ from typing import Annotated
 import typer
 
 from lpld_cli.checks import at_least, parse_ratio, positive
-from lpld_cli.commands._options import Common, Newest, common_options, resolve_parent
+from lpld_cli.commands._options import (
+    Common,
+    Newest,
+    answered_request,
+    common_options,
+    resolve_parent,
+)
 from lpld_cli.commands._ui import RichReporter, emit, info
 from lpld_cli.data.presets import DATASETS, get_preset
 from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS
+from lpld_cli.storage.requests import remember
+from lpld_cli.storage.store import Artifact
 
 
 @common_options
@@ -72,6 +80,11 @@ def command(
     newest: Newest = False,
 ) -> None:
     """Prune a label store: keep ⌊rows / N⌋ of its rows, byte for byte, in a new label store."""
+    options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
+    key, hit = answered_request(common, "prune", options, "labels", from_, newest, ipc=ipc,
+                                dataset=dataset, method=method, ratio=1.0)
+    if hit is not None:  # answered before: no torch, no label store read
+        return _report(common, hit)
     from lpld_cli.prune import PruneConfig, parent_attrs, prune  # torch: only when it runs
 
     at_least("--ipc", ipc, 1)
@@ -95,12 +108,19 @@ def command(
     with RichReporter() as reporter:
         artifact = prune(common.store, config, parent, force=common.force, reporter=reporter,
                          tail_at={"tail_mass_t0": t0, "tail_mass_tmin": temperature_min})
-    m = artifact.metrics
+    if key is not None:
+        remember(common.store, key, artifact)
+    _report(common, artifact)
+
+
+def _report(common: Common, artifact: Artifact) -> None:
+    """The summary of a pruned store, from its manifest (config and metrics) alone."""
+    m, c = artifact.metrics, artifact.config
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
-    how = config.metric + (f"/{config.select}" if config.select else "")
+    how = c["metric"] + (f"/{c['select']}" if c.get("select") else "")
     emit(common.result("prune", artifact, m), common.json,
          f"labels {artifact.id}\n  kept {m['rows']} of {m['parent_rows']} rows "
-         f"({config.ratio:g}x, {config.granularity}, {how}; {m['total_ratio']:g}x of the "
+         f"({c['ratio']:g}x, {c['granularity']}, {how}; {m['total_ratio']:g}x of the "
          f"unpruned store)" + (f"\n  {m['encoding']}" if "encoding" in m else "")
          + (f"; top-k drops {100 * m['tail_mass_t0']:.2f}% of the mass at T₀, "
             f"{100 * m['tail_mass_tmin']:.2f}% at T_min" if "tail_mass_t0" in m else "")
