@@ -150,3 +150,28 @@ def test_small_real_grey_folder_end_to_end(tmp_path: Path) -> None:
           f"{m['top1']:.3f} on 200 val images, {seconds:.0f} s")
     assert student["config"]["dataset"] == "imagefolder"
     assert m["top1"] >= 0.4  # 10 classes: chance is 0.1
+
+
+def test_preset_borrows_another_recipe(tmp_path: Path) -> None:
+    """--preset NAME: a 28-px grey folder trained with Tiny-ImageNet's recipe (its ResNet-18
+    teacher), said on stderr, recorded in the config, and a teacher of its own id."""
+    from lpld_cli.data.presets import get_preset
+
+    root = make_folder(tmp_path / "digits", 28, "L")
+    base = ["squeeze", "--dataset", "imagefolder", "--data", str(root), "--teacher-epochs", "1",
+            "--store", str(tmp_path / "store"), "--json"]
+    tiny = get_preset("tiny-imagenet")
+    borrowed = runner.invoke(app, [*base, "--preset", "tiny-imagenet"])
+    assert borrowed.exit_code == 0, borrowed.output
+    assert "28x28 grey; recipe tiny-imagenet (--preset)" in borrowed.stderr
+    assert f"recipe: teacher {tiny.teacher_model} for {tiny.teacher_epochs} epochs" \
+        in borrowed.stderr
+    made = json.loads(borrowed.stdout)
+    assert made["config"]["recipe"] == "tiny-imagenet"
+    assert made["config"]["model"] == tiny.teacher_model == "resnet18"
+    own = runner.invoke(app, base)
+    assert own.exit_code == 0, own.output
+    assert "recipe fashion-mnist (chosen by image size)" in own.stderr
+    mine = json.loads(own.stdout)
+    assert mine["config"]["recipe"] == "fashion-mnist" and mine["config"]["model"] == "convnet"
+    assert mine["artifact"]["id"] != made["artifact"]["id"]
