@@ -45,6 +45,10 @@ class ArtifactCorruptedError(LpldError):
         )
         self.artifact_id = artifact_id
         self.file = file
+        self._args = (artifact_id, file, hint, detail)
+
+    def __reduce__(self) -> tuple:  # rank 0's finding reaches the other ranks whole (pickle)
+        return (type(self), self._args)
 
 
 class StoreWriteError(LpldError):
@@ -53,16 +57,32 @@ class StoreWriteError(LpldError):
     exit_code = 1
 
 
-def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One line for an OSError: what failed, on which path, and free space when it is short."""
+def os_error_message(exc: OSError, path: str | os.PathLike[str] | None = None,
+                     written: int | None = None) -> str:
+    """One line for an OSError: what failed, on which path, and, when space ran out, the
+    free space and what is needed (`written`: bytes the failed write had already stored,
+    so it needs at least that much more than was free)."""
     where = exc.filename if exc.filename is not None else path
     what = exc.strerror or str(exc)
     line = f"{what}: {where}" if where is not None else what
     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and where is not None:
         free = _free_bytes(where)
         if free is not None:
-            line += f" ({free / 2**20:.1f} MiB free on that file system)"
+            line += f" ({free / 2**20:.1f} MiB free on that file system"
+            if written:
+                line += (f"; it needs more than {_size(free + written)}: {_size(written)} "
+                         "were written before the disk filled")
+            line += ")"
     return line
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest binary unit that keeps the number at or above 1."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
 
 
 def _free_bytes(path: str | os.PathLike[str]) -> int | None:

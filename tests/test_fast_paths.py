@@ -72,6 +72,11 @@ def test_request_index_is_checked(store: Store) -> None:
     key = request_key("squeeze", {"width": 8, "seed": 0}, [])
     assert key != request_key("squeeze", {"width": 16, "seed": 0}, [])
     assert key != request_key("squeeze", {"width": 8, "seed": 0}, ["a" * 64])
+    # another --device, or another set of GPUs in view: another request
+    assert key != request_key("squeeze", {"width": 8, "seed": 0}, [], "cpu")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "7,3")
+        assert key != request_key("squeeze", {"width": 8, "seed": 0}, [])
     assert answered(store, key) is None
     remember(store, key, teacher)
     hit = answered(store, key)

@@ -165,7 +165,7 @@ def answered_request(common: Common, command: str, options: dict[str, Any], kind
     if parent.selectors.get("dataset") not in FIXED_DATASETS:
         return None, None
     try:
-        key = request_key(command, options, [parent.id])
+        key = request_key(command, options, [parent.id], common.device_name)
     except ValueError:  # NaN/inf options: the normal path refuses them with one line
         return None, None
     return key, answered(common.store, key)

@@ -60,7 +60,7 @@ def command(
     """Train (or load) the teacher, evaluate it, and compute class-wise BN statistics."""
     options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
     # files the id hashes (weights, a folder's images) may change under the same path
-    key = (request_key("squeeze", options, []) if weights is None
+    key = (request_key("squeeze", options, [], common.device_name) if weights is None
            and dataset in ("fashion-mnist", "mnist") else None)
     hit = None if common.force or key is None else answered(common.store, key)
     if hit is not None:  # answered before: no torch, no data, no network

@@ -7,7 +7,8 @@ store keeps, per request, the artifact it made.
     requests/<key>.json     {"kind": …, "artifact": id}
 
 `key` = sha256 of the command name, every option value the user's command line resolved
-to, the parent ids it picked, and a hash of lpld's own source (any code change, e.g. a
+to, the parent ids it picked, `--device` and the GPUs the machine shows, and a hash of lpld's
+own source (any code change, e.g. a
 preset value, makes every key new, so a stale answer is never given). A command whose
 inputs are files the id hashes (`--weights`, a folder dataset) skips this index: their
 content may change under the same path. The artifact found is checked (every payload
@@ -43,15 +44,26 @@ def code_hash() -> str:
     return digest.hexdigest()
 
 
-def request_key(command: str, options: dict[str, Any], parents: list[str]) -> str:
-    """The key of one command line: its resolved options, parents and lpld's source."""
+def request_key(command: str, options: dict[str, Any], parents: list[str],
+                device: str = "auto") -> str:
+    """The key of one command line: its resolved options, parents, `--device`, the GPUs this
+    machine shows (`auto` and the defaults that follow the device, e.g. relabel's precision
+    or recover's units per forward, resolve from them) and lpld's source."""
     # paths as text; NaN/inf (refused later, by the config) as text, so the key is JSON
     clean = {k: (str(v) if isinstance(v, os.PathLike) or (isinstance(v, float)
                                                        and not math.isfinite(v)) else v)
              for k, v in options.items()}
     blob = canonical_json({"command": command, "options": clean, "parents": list(parents),
-                           "code": code_hash()})
+                           "device": device, "gpus": visible_gpus(), "code": code_hash()})
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def visible_gpus() -> dict[str, Any]:
+    """The NVIDIA GPUs the driver lists and the ones CUDA may use, read without torch: a
+    store shared by a CPU machine and a GPU node answers each with its own artifacts."""
+    listed = Path("/proc/driver/nvidia/gpus")
+    count = len(list(listed.iterdir())) if listed.is_dir() else 0
+    return {"nvidia": count, "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def answered(store: Store, key: str) -> Artifact | None:

@@ -219,15 +219,27 @@ class Store:
         """
         artifact_id = self.artifact_id(kind, config, parents)
         w = dist.world()
-        if w.distributed:  # rank 0 decides, so no rank returns early while others build
-            dist.agree(artifact_id, "the artifact id (config and parents)", w)
-            found = dist.broadcast(self.find(kind, artifact_id) if w.main else None, w)
+        if w.distributed:  # rank 0 decides and checks, so no rank returns early while
+            dist.agree(artifact_id, "the artifact id (config and parents)", w)  # others build
+            found = dist.broadcast(self._checked(kind, artifact_id) if w.main else None, w)
+            if isinstance(found, ArtifactCorruptedError):
+                raise found  # on every rank: none waits for a build that will not come
         else:
             found = self.find(kind, artifact_id)
             if found is not None:
                 self.check(found)
         return None if found is None else Artifact(kind, artifact_id, found.path,
                                                    found.manifest, cached=True)
+
+    def _checked(self, kind: str, artifact_id: str) -> Artifact | ArtifactCorruptedError | None:
+        """find() and check() on rank 0, with damage returned (to broadcast), not raised."""
+        try:
+            found = self.find(kind, artifact_id)
+            if found is not None:
+                self.check(found)
+            return found
+        except ArtifactCorruptedError as err:
+            return err
 
     def get(self, ref: str, kind: str | None = None, verify: bool = True) -> Artifact:
         """The artifact whose id is (or starts with) `ref`; verified, of `kind` if given."""
@@ -395,11 +407,15 @@ class Store:
                                  selectors, w)
         except OSError as exc:
             kept = resumable and work.is_dir()
+            written = 0
+            with contextlib.suppress(OSError):
+                written = folder_bytes(work)
             if not kept and work.exists():
                 with contextlib.suppress(OSError):
                     _rmtree(work)
             raise StoreWriteError(
-                f"cannot write {kind} {artifact_id[:12]}: {os_error_message(exc, work)}",
+                f"cannot write {kind} {artifact_id[:12]}: "
+                f"{os_error_message(exc, work, written)}",
                 (f"its staging is kept in {work}: run the same command again to resume"
                  if kept else "nothing was kept") + "; free space or fix permissions, "
                 "or pick another store with --store") from None
