@@ -92,8 +92,10 @@ class RecoverConfig:
     # the teacher's dataset (filled in by recover)
     dataset: str | None = None
     seed: int = 0
-    # Speed only, not identity: units (classes under class batching, mixed batches
-    # under mixed batching) optimised in one forward pass; None: fill a sensible batch.
+    # Units (classes under class batching, mixed batches under mixed batching) optimised
+    # in one forward pass. Part of the identity: the forward's batch shape can change the
+    # last bits, and so the PNG bytes. None: recover resolves it from the device's pixel
+    # budget (`units_per_step`) before the id is made.
     classes_per_step: int | None = None
 
     def validate(self) -> None:
@@ -145,11 +147,12 @@ class RecoverConfig:
             jitter=pick(self.jitter, preset.jitter))
 
     def identity(self) -> dict:
-        """The config that names the artifact: everything but the speed knob."""
+        """The config that names the artifact (recover resolves `classes_per_step` first)."""
         out = asdict(self)
-        out.pop("classes_per_step")
         if self.batching != "mixed":
             out.pop("mixed_batch")
+        if self.batching is None:  # real images: no forward pass
+            out.pop("classes_per_step")
         return out
 
 
@@ -345,6 +348,16 @@ def default_classes_per_step(unit_size: int, image_size: int, device: torch.devi
     return max(1, budget // (unit_size * image_size * image_size))
 
 
+def units_per_step(config: RecoverConfig, num_classes: int, image_size: int,
+                   device: torch.device) -> int:
+    """`--classes-per-step`, or the device's default: units of IPC images (class batching)
+    or of one image per class of a group (mixed batching) per forward pass."""
+    if config.classes_per_step is not None:
+        return config.classes_per_step
+    unit = config.ipc if config.batching == "class" else min(config.mixed_batch, num_classes)
+    return default_classes_per_step(unit, image_size, device)
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -376,6 +389,9 @@ def recover(store: Store, config: RecoverConfig, teacher: Artifact, *,
     dataset = net.data["dataset"]
     recipe = net.data.get("recipe")  # an imagefolder teacher names the preset it follows
     config = config.resolved(get_preset(recipe or dataset), dataset)
+    if config.batching is not None:  # synthesis: the forward's shape is part of the id
+        config = replace(config, classes_per_step=units_per_step(
+            config, net.num_classes, net.data["image_size"], device))
     if config.bn_target == "class" and net.class_stats is None:
         raise ConfigError(f"teacher {teacher.short} has no class-wise BN statistics, which "
                           "--bn-target class needs", "use --bn-target global, or a teacher "
@@ -435,16 +451,14 @@ def _save_synthetic(net: Teacher, config: RecoverConfig, folder, device: torch.d
     task.advance(len(done))
     # A job: classes finished together, and the steps (lists of units) that make them.
     jobs: list[tuple[list[int], list[list[Unit]]]] = []
+    per_step = units_per_step(config, num_classes, size, device)
     if config.batching == "class":
-        per_step = config.classes_per_step or default_classes_per_step(ipc, size, device)
         for chunk in _chunks(todo, per_step):
             jobs.append((chunk, [[class_unit(net, c, ipc, config.bn_target) for c in chunk]]))
     else:  # mixed: a group's classes are finished only when all its IPC batches are
         for group in _chunks(list(range(num_classes)), config.mixed_batch):
             if all(c in done for c in group):
                 continue
-            per_step = config.classes_per_step or default_classes_per_step(
-                len(group), size, device)
             units = [mixed_unit(net, group, k, config.bn_target) for k in range(ipc)]
             jobs.append((group, _chunks(units, per_step)))
 

@@ -24,10 +24,10 @@ from tests.conftest import needs_fmnist
 
 PINNED: dict[str, Any] = {
     "teacher": "6faa0a2f109394eed66328b8654d46ff95070c33547f9993ecd1dcd09c9f457b",
-    "images": "3bab224a662e4ae12b5de00e203875fde71c8af3b4906771b9397b308b8c19cb",
-    "labels": "749520c49f7496a4190ad23e1ef14b8a68ef1353b402a514ff38a9ebb46140df",
-    "pruned": "9a092105373824b27b2643993a9900ba14664b46081241ed4bf4ace0cab16c4f",
-    "student": "ab028bb61a4525d669ef67ed022cbf74544c2be36232bf6be1245bb79739f423",
+    "images": "a5519b01667c84c2bc0b6e4bb9af0b038738e05534e34e78df397bd0b6a6958b",
+    "labels": "bd5465541ca58358669e049fc0163dc40a90b5802e5f9cdc14e4c63c1f352b14",
+    "pruned": "f08869dd79218a0dcb6c27fe15df68900670e1e5ed6eba12295a3078a137c573",
+    "student": "747aa14070df4ed5fc57e381594cd1acc19faf496b93330b21345d811a870c1d",
     "teacher_top1": 0.5801,
     "self_top1": 0.1,
     "student_top1": 0.1499,

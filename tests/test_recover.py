@@ -158,9 +158,9 @@ def test_config_defaults_and_identity() -> None:
     # Table 4 row 2: class batching with the global target
     row2 = RecoverConfig(method="sre2l", batching="class").resolved(PRESET, "fashion-mnist")
     assert (row2.batching, row2.bn_target) == ("class", "global")
-    # classes_per_step is speed only: not part of the artifact's identity
+    # the units per forward name the artifact: the forward's shape can change the last bits
     fast = replace(lpld, classes_per_step=10)
-    assert fast.identity() == lpld.identity() and "classes_per_step" not in fast.identity()
+    assert fast.identity() != lpld.identity() and fast.identity()["classes_per_step"] == 10
     real = RecoverConfig(method="real", lr=5.0).resolved(PRESET, "fashion-mnist")
     assert real.lr is None and real.iterations is None
 
@@ -194,9 +194,15 @@ def test_recover_writes_an_imagefolder_and_caches(store_with_teacher: Store) -> 
     with torch.no_grad():
         top1 = (net.model(x).argmax(1) == labels).float().mean().item()
     assert m["self_top1"] == pytest.approx(top1)
-    # another --classes-per-step names the same artifact: cached
-    again = recover(store, replace(config, classes_per_step=1), teacher)
-    assert again.id == art.id and again.cached
+    # another --classes-per-step is another artifact (one id never names two payloads);
+    # unset, it resolves to the device's default before the id is made: 2 images of 28 px
+    # a unit against CPU's budget of 2^18 pixels, 167 units, so all 10 classes in one step
+    other = recover(store, replace(config, classes_per_step=1), teacher)
+    assert other.id != art.id and not other.cached
+    auto = recover(store, replace(config, classes_per_step=None), teacher)
+    assert auto.config["classes_per_step"] == (1 << 18) // (2 * 28 * 28) == 167
+    explicit = recover(store, replace(config, classes_per_step=167), teacher)
+    assert explicit.id == auto.id and explicit.cached
 
 
 @needs_fmnist

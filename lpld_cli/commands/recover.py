@@ -49,9 +49,10 @@ def command(
     mixed_batch: Annotated[int, typer.Option(
         help="Classes per batch under --batching mixed.")] = 100,
     classes_per_step: Annotated[int | None, typer.Option(
-        help="Classes (mixed: mixed batches) optimised in one forward pass; the result "
-             "equals one per step, only faster [default: fill a batch of ~330 28-px images "
-             "on CPU].", show_default=False)] = None,
+        help="Classes (mixed: mixed batches) optimised in one forward pass: the images equal "
+             "one per step up to the last bits of the forward, and the value is part of the "
+             "image set's id [default: fill a batch of ~330 28-px images on CPU, more on "
+             "CUDA].", show_default=False)] = None,
     dataset: Annotated[str | None, typer.Option(
         help="Pick the teacher of this dataset [default: the store's only teacher; see --newest].",
         show_default=False)] = None,
