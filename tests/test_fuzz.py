@@ -198,6 +198,27 @@ CASES: list[str] = [
     "report lineage zzzz",
     "report lineage ''",
     "report accuracy --plot {file}/x.png",
+    # ---------------------------------------------------------------- store housekeeping
+    "ls nope",
+    "ls --store {file}",
+    "ls --store {kind_folder}",
+    "show zzzz",
+    "show ''",
+    "show abc",
+    "show 0123456789abcdef",
+    "show",
+    "rm zzzz",
+    "rm 0123456789abcdef",
+    "rm {teacher}",
+    "rm {images} {labels}",
+    "rm",
+    "gc --store {file}",
+    "gc --store {kind_folder}",
+    "export zzzz {file}.out",
+    "export 0123456789abcdef out",
+    "export {images}",
+    "export {images} {file}",
+    "export {images} ''",
 ]
 
 
@@ -260,7 +281,7 @@ def test_malformed_invocation_is_one_clean_error(
     assert not traceback, f"{case}: {result.exception!r}"
     assert result.exit_code != 0, f"{case}: accepted silently\n{result.output}"
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, f"{case}: {result.stderr}"
+    assert len(errors) == 1 and errors[0].startswith("Error: "), f"{case}: {result.stderr}"
     assert after == before, f"{case}: the store changed"
 
 

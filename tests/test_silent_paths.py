@@ -84,3 +84,24 @@ def test_a_tiny_imagenet_val_line_that_does_not_match_is_an_error(tmp_path) -> N
     (tmp_path / "val" / "val_annotations.txt").write_text(good + "val_2.JPEG\tn99\t0\n")
     with pytest.raises(DataFormatError, match="val_annotations.txt:3"):
         load_dataset("tiny-imagenet", str(tmp_path))
+
+
+def test_training_past_the_stored_epochs_says_it_replays_them(
+        store_with_teacher, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from lpld_cli.relabel import RelabelConfig, relabel
+    from lpld_cli.train import TrainConfig, train
+    from tests.conftest import make_real_images
+
+    store = store_with_teacher
+    images = make_real_images(store, ipc=1)
+    labels = relabel(store, RelabelConfig(epochs=2, batch_size=5), images,
+                     store.newest("teacher"))
+    tiny = TrainConfig(width=8, depth=2, epochs=2, batch_size=5)
+    capsys.readouterr()
+    train(store, tiny, images, labels, None, eval_every=0)
+    assert "replays stored epoch" not in capsys.readouterr().err
+    train(store, replace(tiny, epochs=3), images, labels, None, eval_every=0)
+    assert ("Warning: training runs 3 epochs over a label store of 2 stored epoch(s): epoch e "
+            "replays stored epoch e mod 2") in capsys.readouterr().err
