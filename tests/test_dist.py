@@ -74,6 +74,16 @@ def test_ddp_teacher_names_its_world_size_and_caches(tmp_path: Path) -> None:
     assert result["metrics"]["top1"] > 0.3  # it learned (10 classes: chance is 0.1)
     again = torchrun(2, args)
     assert again.returncode == 0 and json.loads(again.stdout)["artifact"]["cached"]
+    # A damaged payload is not a cache hit under torchrun either: every rank stops with
+    # rank 0's finding, nothing is rebuilt over it.
+    weights = tmp_path / "objects" / "teacher" / result["artifact"]["id"] / "weights.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    damaged = torchrun(2, args)
+    assert damaged.returncode != 0
+    assert "is corrupted: weights.safetensors" in damaged.stderr, damaged.stderr[-3000:]
+    assert weights.read_bytes() == bytes(blob)
 
 
 def test_store_not_shared_is_one_clear_error(tmp_path: Path, weights: Path) -> None:
@@ -292,6 +302,29 @@ def student_2(tmp_path_factory: pytest.TempPathFactory, labels_store: Path) -> d
     promoted = list(store.glob("objects/student/*"))
     results = run_ranks(2, [*TRAIN, "--store", str(store), "--json"])
     return {"promoted_when_killed": promoted, "stderr": results[0][2], **_json(results)}
+
+
+def test_sharded_evaluation_equals_one_process_count(student_2: dict) -> None:
+    """The 2-rank student's top-1 (test batches dealt to the ranks, integer counts summed)
+    equals a count by hand, in this process, of its saved weights on the whole test split."""
+    from safetensors.torch import load_file
+
+    from lpld_cli.data.datasets import load_dataset
+
+    config = student_2["config"]
+    model = build_model(model_spec(config["model"], 10, 1, 28, config["width"], config["depth"]))
+    model.load_state_dict(load_file(str(Path(student_2["artifact"]["path"])
+                                        / "weights.safetensors")))
+    model.eval()
+    data = load_dataset("fashion-mnist")
+    x = data.test_images.float() / 255
+    mean, std = data.preset.mean[0], data.preset.std[0]
+    with torch.no_grad():
+        hits = sum(int((model((x[i:i + 1000] - mean) / std).argmax(1)
+                        == data.test_labels[i:i + 1000]).sum())
+                   for i in range(0, len(x), 1000))
+    assert len(x) == 10000
+    assert student_2["metrics"]["top1"] == hits / len(x)
 
 
 def _reference_student(root: Path, config: dict, n: int) -> dict[str, torch.Tensor]:
