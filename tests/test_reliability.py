@@ -2,9 +2,9 @@
 or damaged artifact and no held lock after any kill, and the finished artifact byte-equal to an
 uninterrupted run's; concurrent identical and different commands; a real full disk.
 
-Recover and relabel (long, resumable) are killed five times in a row at seeded random points:
-relabel's of its measured running time, recover's of its progress (once right after its first
-class is saved, then at random counts of saved classes). Squeeze, prune and train finish too
+Recover and relabel (long, resumable) are killed five times in a row at seeded random points of
+their progress: once right after the first class (recover) or shard (relabel) is saved, then at
+random counts of saved classes or shards. Squeeze, prune and train finish too
 fast for random kills to land, so they kill themselves at named points (`LPLD_TEST_KILL_AT`,
 lpld_cli/faults.py): mid-work, between a finished staging and its promotion, and after
 promotion; every such run must have reached its point. Each stage works in one store throughout
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from lpld_cli.faults import ENV
-from lpld_cli.relabel import RelabelConfig, relabel
+from lpld_cli.relabel import DONE_DIR, RelabelConfig, relabel
 from lpld_cli.storage.store import Store
 from tests.conftest import make_real_images, needs_fmnist, run_lpld
 
@@ -39,8 +39,8 @@ STAGES: dict[str, list[str]] = {
     "squeeze": ["squeeze", "--width", "8", "--depth", "2", "--teacher-epochs", "2",
                 "--train-subset", "1000", "--batch-size", "64"],
     "recover": ["recover", "--ipc", "2", "--iterations", "40", "--classes-per-step", "1"],
-    "relabel": ["relabel", "--epochs", "60", "--batch-size", "10", "--rows-per-chunk", "4",
-                "--seed", "1"],
+    "relabel": ["relabel", "--epochs", "120", "--batch-size", "10", "--rows-per-chunk", "4",
+                "--rows-per-shard", "8", "--seed", "1"],
     "prune": ["prune", "--ratio", "2x", "--metric", "confidence"],
     "train": ["train", "--epochs", "8", "--width", "16", "--eval-every", "0"],
 }
@@ -112,48 +112,47 @@ def _rerun_equals_reference(killed: Path, reference: Path, stage: str,
     assert run_lpld("verify", store=killed).returncode == 0
 
 
+# The resumable stages' saved work in staging, how much a whole run saves, and below which
+# count the kills are drawn: recover's class folders (IPC2 × 10 classes, saved one by one),
+# relabel's written-shard markers (120 epochs × 2 rows of 10 images = 240 rows in 30 shards
+# of 8; its writer thread can finish the last shards in a burst, so it is killed in the first
+# half of its work)
+PROGRESS: dict[str, tuple[str, int, int]] = {"recover": ("*/train/*", 10, 10),
+                                             "relabel": (f"*/{DONE_DIR}/*.done", 30, 15)}
+
+
+def _saved(staging: Path, pattern: str) -> int:
+    return len([p for p in staging.glob(pattern) if not p.name.startswith(".")])
+
+
 @pytest.mark.parametrize("stage", ["recover", "relabel"])
 def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(
         base_store: Path, tmp_path: Path, stage: str) -> None:
-    """The resumable stages at random times (their runs are long enough to be hit)."""
+    """The resumable stages, each killed five times by its progress, not by the clock (a
+    resumed run has less left to do, so a time drawn from a whole run misses it): once right
+    after its first unit of work is saved, then at seeded random counts of saved units."""
     args, kind = STAGES[stage], KIND[stage]
     reference, artifact_id = _reference(base_store, tmp_path, stage)
-    # relabel's kill points are drawn from a warm run's time: the first run also pays one-off
-    # costs (decoding the dataset, cold file caches), and a killed run is a warm one
-    duration = 0.0
-    if stage != "recover":
-        start = time.monotonic()
-        warm = subprocess.run(_cmd([*args, "--force"], reference), capture_output=True,
-                              text=True, env=_env(), timeout=900)
-        duration = time.monotonic() - start
-        assert warm.returncode == 0, warm.stderr
-
     killed = tmp_path / "killed"
     shutil.copytree(base_store, killed)
     rng = random.Random(f"{stage}-kills")
-    # recover is killed by its progress, not by the clock (a resumed run has less left to do,
-    # so a time drawn from a whole run misses it): once right after its first class is saved,
-    # then at seeded random counts of saved classes (of 10)
-    saved_classes = [1, *sorted(rng.sample(range(2, 10), KILLS - 1))]
+    pattern, total, below = PROGRESS[stage]
+    marks = [1, *sorted(rng.sample(range(2, below), KILLS - 1))]
     kills = 0
     for attempt in range(KILLS):
         proc = subprocess.Popen(_cmd(args, killed), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=_env())
-        if stage == "recover":
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and proc.poll() is None and len([
-                    p for p in (killed / "staging").glob("*/train/*")
-                    if not p.name.startswith(".")]) < saved_classes[attempt]:
-                time.sleep(0.05)
-        else:
-            time.sleep(rng.uniform(0.25, 0.9) * duration)
+        deadline = time.monotonic() + 600
+        while (time.monotonic() < deadline and proc.poll() is None
+               and _saved(killed / "staging", pattern) < marks[attempt]):
+            time.sleep(0.02)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
         _assert_whole_or_nothing(killed, kind, artifact_id)
-    assert kills >= (KILLS if stage == "recover" else 3), (
-        f"only {kills} of {KILLS} runs were still running when killed")
+        assert _saved(killed / "staging", pattern) < total, "the run finished before its kill"
+    assert kills == KILLS, f"only {kills} of {KILLS} runs were still running when killed"
     _rerun_equals_reference(killed, reference, stage, artifact_id)
 
 
