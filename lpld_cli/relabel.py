@@ -276,6 +276,11 @@ def open_or_resume(folder: Path, layout: Layout, attributes: dict[str, Any],
             shutil.rmtree(done_dir)
         label_store = LabelStore.create_layout(folder, layout, attributes)
         done_dir.mkdir()
+    # a write killed mid-way leaves zarr's temporary `<chunk>.<uuid>.partial` file beside
+    # the chunks: never data, and never to be promoted with the payload (rank 0 clears them
+    # here, before any rank writes again)
+    for stray in folder.rglob("*.partial"):
+        stray.unlink(missing_ok=True)
     todo = [k for k in range(label_store.num_shards) if not (done_dir / f"{k}.done").exists()]
     if len(todo) < label_store.num_shards:
         reporter.log(f"resuming relabel: {label_store.num_shards - len(todo)} of "

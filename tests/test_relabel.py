@@ -360,3 +360,21 @@ def test_cli_relabel_end_to_end(store_with_teacher: Store) -> None:
     again = run_lpld("relabel", "--from", images.short, "--epochs", "3", "--batch-size", "8",
                      "--json", store=store_with_teacher.root, check=True)
     assert json.loads(again.stdout)["artifact"]["cached"] is True
+
+
+def test_a_resumed_store_drops_the_temporary_files_of_a_killed_write(tmp_path: Path) -> None:
+    """zarr writes a chunk to `<chunk>.<uuid>.partial` and renames it; a kill -9 between the
+    two leaves the temporary file, which a resumed relabel must not promote as payload."""
+    from lpld_cli.data import augment
+    from lpld_cli.relabel import open_or_resume
+    from lpld_cli.storage.labels import Layout
+
+    layout = Layout(8, 2, 3, "float16", "zstd", augment.CONTRACT, 10, 28, 2, 4)
+    _store, todo = open_or_resume(tmp_path, layout, {"epochs": 4})
+    assert todo == [0, 1]
+    stray = tmp_path / "labels.zarr" / "logits" / "c" / "0" / "0.0a1b2c.partial"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"")
+    _store, todo = open_or_resume(tmp_path, layout, {"epochs": 4})  # resumed, not recreated
+    assert todo == [0, 1] and not stray.exists()
+    assert not list(tmp_path.rglob("*.partial"))
