@@ -84,7 +84,6 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-
 def _free_bytes(path: str | os.PathLike[str]) -> int | None:
     probe = os.fspath(path)
     while probe and not os.path.exists(probe):
