@@ -8,8 +8,8 @@ store keeps, per request, the artifact it made.
 
 `key` = sha256 of the command name, every option value the user's command line resolved
 to, the parent ids it picked, `--device` and the GPUs the machine shows, and a hash of lpld's
-own source (any code change, e.g. a
-preset value, makes every key new, so a stale answer is never given). A command whose
+own source (any code change, e.g. a preset value, makes every key new, so a stale answer is
+never given). A command whose
 inputs are files the id hashes (`--weights`, a folder dataset) skips this index: their
 content may change under the same path. The artifact found is checked (every payload
 file present with its recorded size) before it is returned; anything else falls back to

@@ -219,20 +219,16 @@ class Store:
         """
         artifact_id = self.artifact_id(kind, config, parents)
         w = dist.world()
-        if w.distributed:  # rank 0 decides and checks, so no rank returns early while
-            dist.agree(artifact_id, "the artifact id (config and parents)", w)  # others build
-            found = dist.broadcast(self._checked(kind, artifact_id) if w.main else None, w)
-            if isinstance(found, ArtifactCorruptedError):
-                raise found  # on every rank: none waits for a build that will not come
-        else:
-            found = self.find(kind, artifact_id)
-            if found is not None:
-                self.check(found)
+        # rank 0 finds and checks, so under torchrun no rank returns early while others build
+        dist.agree(artifact_id, "the artifact id (config and parents)", w)
+        found = dist.broadcast(self._checked(kind, artifact_id) if w.main else None, w)
+        if isinstance(found, ArtifactCorruptedError):
+            raise found  # on every rank: none waits for a build that will not come
         return None if found is None else Artifact(kind, artifact_id, found.path,
                                                    found.manifest, cached=True)
 
     def _checked(self, kind: str, artifact_id: str) -> Artifact | ArtifactCorruptedError | None:
-        """find() and check() on rank 0, with damage returned (to broadcast), not raised."""
+        """find() and check(), with damage returned (to broadcast), not raised."""
         try:
             found = self.find(kind, artifact_id)
             if found is not None:
