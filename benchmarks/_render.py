@@ -360,7 +360,7 @@ def _verdicts(out: Path) -> list[str]:
             parts = [render(res, mechanism), ""]
             if not suffix:  # earlier full runs of other epoch budgets, kept for this table
                 for old in sorted((out / EARLIER).glob("reproduce*.json")):
-                    table = render_budget(res, json.loads(old.read_text()), mechanism)
+                    table = render_budget(res, json.loads(old.read_text()))
                     parts += [table, ""] if table else []
             return parts
     return []
