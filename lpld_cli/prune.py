@@ -50,6 +50,7 @@ from lpld_cli.storage.encoding import (
 from lpld_cli.storage.images import image_labels
 from lpld_cli.storage.labels import (
     GROUP,
+    LAYOUT_RULE,
     LabelRows,
     LabelStore,
     child_layout,
@@ -137,10 +138,12 @@ class PruneConfig:
 
     def identity(self) -> dict[str, Any]:
         """What names the pruned label store (the encoding fields only when given, so ids
-        of stores pruned without them hold)."""
-        return identity_dict(asdict(self.resolved()),
-                             {"logits_dtype": None, "topk": None, "topk_fill": None,
-                              "fill_temperature": None})
+        of stores pruned without them hold; the default layout's rule always: it sizes the
+        shards)."""
+        return {**identity_dict(asdict(self.resolved()),
+                                {"logits_dtype": None, "topk": None, "topk_fill": None,
+                                 "fill_temperature": None}),
+                "layout_rule": LAYOUT_RULE}
 
 
 # ---------------------------------------------------------------------- scores

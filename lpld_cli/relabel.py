@@ -54,6 +54,7 @@ from lpld_cli.storage.encoding import Encoding, identity_dict
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import (
     CODECS,
+    LAYOUT_RULE,
     LabelRows,
     LabelStore,
     Layout,
@@ -79,8 +80,9 @@ class RelabelConfig:
     # storage
     logits_dtype: str = "float16"
     codec: str = "zstd"
-    rows_per_chunk: int | None = None  # None: ~4 MB of logits per chunk
-    rows_per_shard: int | None = None  # None: ~256 MB per shard file, at most 512 shards
+    # None: ~4 MB of logits per chunk, ~256 MB per shard file, 16 to 512 shards
+    rows_per_chunk: int | None = None
+    rows_per_shard: int | None = None
     seed: int = 0
     # how the logits are computed (both change their last bits: part of the identity)
     rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD
@@ -135,11 +137,13 @@ class RelabelConfig:
 
     def identity(self) -> dict[str, Any]:
         """What names the label store (resolve first: the preset is the images' dataset's).
-        The encoding fields only when set, so ids of stores made without them hold."""
+        The encoding fields only when set, so ids of stores made without them hold; the
+        default layout's rule always (it decides the files)."""
         if None in (self.epochs, self.batch_size, self.mix):
             raise ValueError("identity() of an unresolved RelabelConfig")
-        return identity_dict(asdict(self), {"topk": None, "topk_fill": "none",
-                                            "fill_temperature": None})
+        return {**identity_dict(asdict(self), {"topk": None, "topk_fill": "none",
+                                               "fill_temperature": None}),
+                "layout_rule": LAYOUT_RULE}
 
     def with_precision(self, device: torch.device) -> RelabelConfig:
         """The config the identity records: the device's precision when none is given,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,20 @@ def test_relabel_arrays_equal_for_1_2_3_ranks(tmp_path: Path, images_store: Path
         got = _arrays(made[n])
         assert set(got) == set(reference)
         assert all(np.array_equal(reference[k], got[k]) for k in reference), n
+
+
+def test_only_rank_0_speaks(tmp_path: Path, images_store: Path) -> None:
+    """Progress (a plain line per update without a terminal), messages and the summary
+    come from rank 0; rank 1 prints nothing on either stream. The default layout (no
+    --rows-per-*) gives the 40 rows 16 shards, so rank 1 has work of its own."""
+    store = _copy_store(images_store, tmp_path / "quiet")
+    (zero, one) = run_ranks(2, ["relabel", "--epochs", "20", "--batch-size", "19",
+                                "--store", str(store)], env={"LPLD_PROGRESS_EVERY": "0"})
+    assert zero[0] == one[0] == 0, zero[2][-2000:]
+    assert (one[1], one[2]) == ("", "")
+    assert "labels" in zero[1] and zero[1].count("\n") >= 1  # the human summary
+    shares = re.findall(r"^relabel rows: \d+/(\d+)", zero[2], re.M)  # plain progress lines
+    assert shares and 0 < int(shares[-1]) < 40  # rank 0 labels its shards; rank 1 the rest
 
 
 def test_relabel_interrupted_on_2_ranks_resumes_on_1(tmp_path: Path, images_store: Path,

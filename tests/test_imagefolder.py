@@ -175,3 +175,33 @@ def test_preset_borrows_another_recipe(tmp_path: Path) -> None:
     mine = json.loads(own.stdout)
     assert mine["config"]["recipe"] == "fashion-mnist" and mine["config"]["model"] == "convnet"
     assert mine["artifact"]["id"] != made["artifact"]["id"]
+
+
+def test_folder_batches_do_not_depend_on_loader_workers_or_ranks(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A folder too large for memory (96 px) is decoded by DataLoader workers; each
+    sample's augmentation comes from its own seeded generator, so 0 or 2 workers, and
+    two ranks' slices put together, give the very same augmented batches."""
+    import torch
+
+    import lpld_cli.data.datasets as datasets
+
+    data = load_dataset("imagefolder", str(make_folder(tmp_path, 96, "RGB", per_class=5)))
+    assert not data.in_memory
+
+    def batches(workers: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        monkeypatch.setattr(datasets, "loader_workers", lambda: workers)
+        return [x for x, _ in data.batches("train", 4, torch.device("cpu"), augment=True,
+                                           shuffle=True, seed=5, epoch=1, rank=rank,
+                                           world=world, slices=world > 1)]
+
+    alone = batches(0)
+    assert [len(x) for x in alone] == [4, 4, 2] and alone[0].dtype == torch.float32
+    plain = data.batches("train", 4, torch.device("cpu"), shuffle=True, seed=5, epoch=1)
+    assert not torch.equal(alone[0], next(iter(plain))[0])  # the same images, augmented
+    assert all(torch.equal(a, b) for a, b in zip(alone, batches(2), strict=True))
+    halves = zip(batches(2, 0, 2), batches(0, 1, 2), strict=True)
+    assert all(torch.equal(a, torch.cat(h)) for a, h in zip(alone, halves, strict=True))
+    other_epoch = data.batches("train", 4, torch.device("cpu"), augment=True, shuffle=True,
+                               seed=5, epoch=2)
+    assert not torch.equal(alone[0], next(iter(other_epoch))[0])

@@ -133,3 +133,32 @@ def test_a_flipped_byte_fails_its_checksum_without_the_manifest(label_store: Pat
                 read=True).result().read().result()
     np.testing.assert_array_equal(zarr.open_array(str(copy / "logits"), mode="r")[8:],
                                   zarr.open_array(str(label_store / "logits"), mode="r")[8:])
+
+
+@pytest.mark.parametrize(("rows", "chunk", "shards"), [
+    (600, 38, 16),  # Fashion-MNIST IPC10, E=300: ceil(600/16) rows per chunk, one per shard
+    (10, 1, 10),  # fewer rows than MIN_SHARDS: a row per shard
+    (200, 13, 16),
+])
+def test_default_layout_gives_every_rank_of_a_node_work(rows: int, chunk: int,
+                                                        shards: int) -> None:
+    """At least 16 shards where the rows allow (a fixed rule, never the world size), so
+    torchrun ranks share a small store too; the numbers are a hand computation."""
+    from lpld_cli.storage.labels import Layout
+
+    layout = Layout(rows, 50, 10, "float16", "zstd", 2, 100, 28)
+    assert (layout.chunk(), layout.shards()) == (chunk, shards)
+    assert layout.shard() == chunk  # one chunk per shard: each shard is ≤ 1/16 of the rows
+
+
+def test_default_layout_at_imagenet_1k_ipc200_holds_a_few_thousand_files() -> None:
+    """ImageNet-1K IPC200, 300 epochs of batches of 1024: 58,800 rows of ~2 MB of fp16
+    logits; ~4 MB chunks (2 rows), ~256 MB shards, at most 512 shards per array."""
+    from lpld_cli.storage.labels import Layout
+
+    rows = 300 * -(-200_000 // 1024)
+    layout = Layout(rows, 1024, 1000, "float16", "zstd", 2, 200_000, 224)
+    assert layout.chunk() == (4 << 20) // layout.row_bytes() == 2
+    assert 256 <= layout.shards() <= 512
+    assert layout.files() == len(layout.specs()) * (layout.shards() + 1) + 1
+    assert layout.files() < 5000

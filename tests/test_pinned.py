@@ -25,9 +25,9 @@ from tests.conftest import needs_fmnist
 PINNED: dict[str, Any] = {
     "teacher": "6faa0a2f109394eed66328b8654d46ff95070c33547f9993ecd1dcd09c9f457b",
     "images": "a5519b01667c84c2bc0b6e4bb9af0b038738e05534e34e78df397bd0b6a6958b",
-    "labels": "bd5465541ca58358669e049fc0163dc40a90b5802e5f9cdc14e4c63c1f352b14",
-    "pruned": "f08869dd79218a0dcb6c27fe15df68900670e1e5ed6eba12295a3078a137c573",
-    "student": "747aa14070df4ed5fc57e381594cd1acc19faf496b93330b21345d811a870c1d",
+    "labels": "d0f6c0a08ddfd2962246f86983c3e474c163568a55871493aeac2114cb616bc6",
+    "pruned": "238fc6c7029e1b1598dbcf05394f486c0ea86190b6a702157bbdcff97a043d37",
+    "student": "43cc5c1c24531de34fd7a2c442c2bf12157d6255331a537f22827a11c23256fd",
     "teacher_top1": 0.5801,
     "self_top1": 0.1,
     "student_top1": 0.1499,

@@ -63,11 +63,13 @@ def command(
     codec: Annotated[str, typer.Option(help="zstd | lz4 | gzip | none (Blosc zstd/lz4 with "
                                        "byte shuffle).")] = "zstd",
     rows_per_chunk: Annotated[int | None, typer.Option(
-        help="Stored batches per Zarr chunk [default: ~4 MB of logits per chunk].",
+        help="Stored batches per Zarr chunk [default: ~4 MB of logits per chunk, at most "
+             "1/16 of the rows].",
         show_default=False)] = None,
     rows_per_shard: Annotated[int | None, typer.Option(
         help="Stored batches per shard file, a multiple of --rows-per-chunk: the unit of "
-             "work and of resume [default: ~256 MB per file, at most 512 files per array].",
+             "work and of resume, and what torchrun ranks share [default: ~256 MB per file, "
+             "16 to 512 files per array as the rows allow].",
         show_default=False)] = None,
     rows_per_forward: Annotated[int, typer.Option(
         help="Stored batches per teacher forward (part of the artifact's identity: the "

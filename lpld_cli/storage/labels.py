@@ -48,9 +48,16 @@ CODECS = ("zstd", "lz4", "gzip", "none")
 # Target compressed chunk size at ImageNet scale (issue: ~1-8 MB per chunk).
 TARGET_CHUNK_BYTES = 4 << 20
 MAX_ROWS_PER_CHUNK = 256
-# Shards: ~256 MB of rows per file, at most MAX_SHARDS files per array.
+# Shards: ~256 MB of rows per file, at most MAX_SHARDS files per array, and at least
+# MIN_SHARDS where the rows allow, so that up to MIN_SHARDS torchrun ranks share even a
+# small store's work (a fixed number: the layout never depends on the world size).
 TARGET_SHARD_BYTES = 256 << 20
 MAX_SHARDS = 512
+MIN_SHARDS = 16
+# The rule that sizes default chunks and shards, recorded in the identity of every label
+# store (relabel, prune): a new rule writes other files, so it must name other artifacts.
+# 1: bytes only; 2: and at least MIN_SHARDS shards.
+LAYOUT_RULE = 2
 # Attributes LabelStore.create sets itself (never copied from a parent).
 LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "rows_per_shard",
                 "logits_dtype", "codec", "replay", "topk", "topk_fill", "fill_temperature",
@@ -139,8 +146,9 @@ class Layout:
     replay: int = 1
     num_images: int | None = None
     image_size: int | None = None
-    rows_per_chunk: int | None = None  # None: ~4 MB of logits per chunk
-    rows_per_shard: int | None = None  # None: ~256 MB per shard file, at most 512 shards
+    # None: ~4 MB of logits per chunk, ~256 MB per shard file, 16 to 512 shards
+    rows_per_chunk: int | None = None
+    rows_per_shard: int | None = None
     # the label encoding beyond logits_dtype (storage.encoding): top-k instead of full logits
     topk: int | None = None
     topk_fill: str = "none"
@@ -166,10 +174,11 @@ class Layout:
         if self.rows_per_chunk is not None:
             return min(self.rows_per_chunk, self.rows)
         return min(rows_per_chunk_for(self.batch_size, self.num_classes, self.encoding),
-                   self.rows)
+                   max(1, math.ceil(self.rows / MIN_SHARDS)))
 
     def shard(self) -> int:
-        """Rows per shard file: whole chunks, ~TARGET_SHARD_BYTES, ≤ MAX_SHARDS shards."""
+        """Rows per shard file: whole chunks, ~TARGET_SHARD_BYTES, at most MAX_SHARDS and
+        (rows allowing) at least MIN_SHARDS shards."""
         chunk = self.chunk()
         chunks = math.ceil(self.rows / chunk)
         if self.rows_per_shard is not None:
@@ -177,8 +186,8 @@ class Layout:
                 raise ConfigError(f"--rows-per-shard {self.rows_per_shard} is not a multiple "
                                   f"of the {chunk} rows per chunk")
             return min(self.rows_per_shard, chunks * chunk)
-        per = max(1, TARGET_SHARD_BYTES // (chunk * self.row_bytes()),
-                  math.ceil(chunks / MAX_SHARDS))
+        by_bytes = max(1, TARGET_SHARD_BYTES // (chunk * self.row_bytes()))
+        per = max(min(by_bytes, math.ceil(chunks / MIN_SHARDS)), math.ceil(chunks / MAX_SHARDS))
         return min(per, chunks) * chunk
 
     def shards(self) -> int:
