@@ -120,6 +120,30 @@ def test_augmentation_does_not_depend_on_rows_per_forward(store_with_teacher: St
                                    stores[1].logits.astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
+@needs_fmnist
+def test_drawing_processes_write_the_same_store_as_the_thread(store_with_teacher: Store
+                                                              ) -> None:
+    """2 drawing processes (a DataLoader, forwards in order) and the default thread write
+    byte-identical files, at K = 3 (groups with empty blocks: 15 rows) and with --keep."""
+    images = make_real_images(store_with_teacher, ipc=2)
+    for config in (RelabelConfig(epochs=5, batch_size=8, rows_per_forward=3, seed=2),
+                   RelabelConfig(epochs=40, batch_size=8, rows_per_forward=3, seed=2,
+                                 keep=10.0)):
+        ids, files = set(), []
+        for workers in (0, 2):  # the same id: --force rebuilds it; read each build's bytes
+            art = relabel(store_with_teacher, config, images, force=True, draw_workers=workers)
+            assert art.metrics["rows_labelled"] == (15 if config.keep == 1 else 12)
+            root = art.path / GROUP
+            ids.add(art.id)
+            files.append({p.relative_to(root): p.read_bytes()
+                          for p in sorted(root.rglob("*")) if p.is_file()})
+        assert len(ids) == 1  # the workers are not part of the identity
+        assert len(files[0]) > 8 and files[0] == files[1]
+    with pytest.raises(LpldError, match="--draw-workers must be at least 0"):
+        relabel(store_with_teacher, RelabelConfig(epochs=5, batch_size=8), images,
+                draw_workers=-1)
+
+
 # ------------------------------------------------------------------ --keep
 @needs_fmnist
 def test_keep_is_byte_identical_to_relabel_then_random_prune(store_with_teacher: Store) -> None:

@@ -83,6 +83,10 @@ def command(
     threads: Annotated[int, typer.Option(
         help="Torch CPU threads (0: torch's default); one is fastest for small batches.")
     ] = 1,
+    draw_workers: Annotated[int | None, typer.Option(
+        help="Processes drawing the augmentations ahead of the teacher (0: a thread; the "
+             "labels are the same for any number) [default: 0 on CPU; on CUDA this rank's "
+             "share of the cores − 1, at most 4].", show_default=False)] = None,
 ) -> None:
     """Run the teacher on E epochs of augmented batches of an image set and store every
     batch's augmentation and logits (resumable: rerun after an interruption)."""
@@ -95,6 +99,7 @@ def command(
 
     at_least("--ipc", ipc, 1)
     at_least("--threads", threads, 0)
+    at_least("--draw-workers", draw_workers, 0)
     keep_ratio = parse_ratio(keep, "--keep")
     # Explicit values are checked before anything is looked up in the store; unset ones
     # (None) take the image set's recipe preset.
@@ -114,7 +119,7 @@ def command(
     with RichReporter() as reporter:
         artifact = relabel(common.store, config, images, teacher_artifact,
                            device=common.device, force=common.force, reporter=reporter,
-                           threads=threads or None)
+                           threads=threads or None, draw_workers=draw_workers)
     if key is not None:
         remember(common.store, key, artifact)
     _report(common, artifact)
