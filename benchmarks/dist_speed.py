@@ -89,8 +89,8 @@ def measure(store: Path, teacher_id: str, ipc: int, iterations: int, epochs: int
         "thread per process", rates, "images/s", cpu)
     if "relabel" not in DISTRIBUTED_COMMANDS:
         return figures
-    # Ranks share whole shard files (k ≡ rank mod N). The default layout (~256 MB shards) puts
-    # a small store in one shard, which one rank labels alone; with 8 shards both ranks work.
+    # Ranks share whole shard files (k ≡ rank mod N): the default layout (at least 16 shards
+    # where the rows allow), then an explicit one of 8 shards.
     layout: list[str] = []
     for key in ("dist_relabel", "dist_relabel_sharded"):
         rates, cpu = {}, {}

@@ -173,3 +173,21 @@ def test_results_md_generated(quick_results: Path) -> None:
         assert heading in text, heading
     assert "n/a" not in text.split("## Speed ratios")[0].split("### Table 3")[1]
     assert "device: **CPU" in text or "device: **NVIDIA" in text
+
+
+def test_relabel_speed_quick(tmp_path: Path) -> None:
+    """benchmarks/relabel_speed.py --quick: both shapes, relabel beside the pure forward
+    measured in the same round, the --keep 40x figure, and the uint8 set beside the RSS."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "relabel_speed.py"),
+                           "--quick", "--device", "cpu", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    f = json.loads((tmp_path / "speed-relabel-cpu-quick.json").read_text())["figures"]
+    assert set(f) == {"relabel_resnet18-224", "relabel_convnet-28", "keep_40x"}
+    for name in ("relabel_resnet18-224", "relabel_convnet-28"):
+        fig = f[name]
+        assert _finite(fig["a"]) and _finite(fig["b"]) and fig["a"] > 0 and fig["b"] > 0
+        assert len(fig["round_ratios"]) == 1 and all(r > 0 for r in fig["round_ratios"])
+        assert fig["peak_rss_mb"] > 100  # a real process (torch alone is ~300 MB)
+    assert f["relabel_resnet18-224"]["uint8_set_mb"] == 2000 * 3 * 224 * 224 / 2**20
+    assert 0 < f["keep_40x"]["a"] < f["keep_40x"]["b"]  # a fortieth of the rows is faster
