@@ -17,6 +17,7 @@ from lpld_cli.cli import app
 ZERO_OK = {
     "--seed", "--jitter", "--r-bn", "--first-bn-multiplier", "--threads", "--calibrate-easy",
     "--calibrate-hard", "--weight-decay", "--warmup-epochs", "--eval-every", "--hard-epochs",
+    "--draw-workers",
 }
 # Arguments a command needs; squeeze's --data makes an accepted value stop at loading the data.
 # (A required positional argument gets a 12-hex artifact prefix that matches nothing.)
