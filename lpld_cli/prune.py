@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -411,14 +411,33 @@ def _tail_masses(source: LabelStore, rows: np.ndarray, k: int,
     return {key: total / max(count, 1) for key, total in sums.items()}
 
 
+def tail_metrics(store: Store, artifact: Artifact, tail_at: dict[str, float]
+                 ) -> dict[str, Any]:
+    """A top-k `artifact`'s tail masses at `tail_at` ({metric name: T}) and `tail_temperatures`
+    (those Ts): its manifest's when they were measured at these Ts, else measured again on
+    its parent's labels over the rows it kept (a cached store pruned with other Ts)."""
+    m = artifact.metrics
+    if m.get("tail_temperatures") == tail_at and all(k in m for k in tail_at):
+        return {**{k: m[k] for k in tail_at}, "tail_temperatures": dict(tail_at)}
+    parent = store.get(artifact.parents[0], kind="labels")
+    source = LabelStore.open(parent.path, parent.id)
+    child = LabelStore.open(artifact.path, artifact.id)
+    rows = np.flatnonzero(np.isin(_read(source, "batch_id", 0, source.rows),
+                                  _read(child, "batch_id", 0, child.rows)))
+    return {**_tail_masses(source, rows, int(child.encoding.topk), tail_at),
+            "tail_temperatures": dict(tail_at)}
+
+
 def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = False,
           reporter: Reporter = SILENT, rows_per_chunk: int | None = None,
           tail_at: dict[str, float] | None = None) -> Artifact:
     """Make (or find) the pruned `labels` artifact of `parent` for `config`.
 
     `tail_at` ({metric name: T}) adds, when the result is top-k, the mean probability mass
-    its top-k drops at each temperature (measured on the source's labels; a reporting
-    choice, not part of the artifact's identity). Default: T = 1.
+    its top-k drops at each temperature (measured on the source's labels) and the Ts as
+    `tail_temperatures`. A reporting choice, not part of the artifact's identity: a cached
+    store measured at other Ts is measured again, and those metrics are returned, not
+    stored. Default: T = 1.
     """
     tail_at = tail_at or {"tail_mass_t1": 1.0}
     config.validate()
@@ -459,14 +478,21 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
             "kept_units": chosen.kept_units, "kept_fraction": len(chosen.rows) / source.rows,
             "encoding": encoding.describe()}
         if encoding.is_topk:
-            metrics.update(_tail_masses(source, chosen.rows, int(encoding.topk), tail_at))
+            metrics.update(_tail_masses(source, chosen.rows, int(encoding.topk), tail_at),
+                           tail_temperatures=dict(tail_at))
         if chosen.score is not None and chosen.kept_score is not None:
             metrics["score_candidates_mean"] = float(chosen.score.mean())
             metrics["score_kept_mean"] = float(chosen.kept_score.mean())
         return metrics
 
-    return store.produce("labels", config.identity(), [parent.id], build, force=force,
-                         selectors=selectors)
+    artifact = store.produce("labels", config.identity(), [parent.id], build, force=force,
+                             selectors=selectors)
+    if encoding.is_topk and artifact.metrics.get("tail_temperatures") != tail_at:
+        stale = artifact.metrics.get("tail_temperatures") or {}
+        metrics = {k: v for k, v in artifact.metrics.items() if k not in stale}
+        metrics.update(tail_metrics(store, artifact, tail_at))
+        artifact = replace(artifact, manifest={**artifact.manifest, "metrics": metrics})
+    return artifact
 
 
 stage_module(__name__)  # `lpld_cli.prune(...)` calls prune() above

@@ -83,8 +83,8 @@ def command(
     options = {k: v for k, v in locals().items() if k != "common"} | {"seed": common.seed}
     key, hit = answered_request(common, "prune", options, "labels", from_, newest, ipc=ipc,
                                 dataset=dataset, method=method, ratio=1.0)
-    if hit is not None:  # answered before: no torch, no label store read
-        return _report(common, hit)
+    if hit is not None and _measured_at(hit, temperature, temperature_min):
+        return _report(common, hit)  # answered before: no torch, no label store read
     from lpld_cli.prune import PruneConfig, parent_attrs, prune  # torch: only when it runs
 
     at_least("--ipc", ipc, 1)
@@ -116,15 +116,28 @@ def command(
 def _report(common: Common, artifact: Artifact) -> None:
     """The summary of a pruned store, from its manifest (config and metrics) alone."""
     m, c = artifact.metrics, artifact.config
+    at = {k: f" = {t:g}" for k, t in (m.get("tail_temperatures") or {}).items()}
     info(f"labels {artifact.short}{' (cached)' if artifact.cached else ''}")
     how = c["metric"] + (f"/{c['select']}" if c.get("select") else "")
     emit(common.result("prune", artifact, m), common.json,
          f"labels {artifact.id}\n  kept {m['rows']} of {m['parent_rows']} rows "
          f"({c['ratio']:g}x, {c['granularity']}, {how}; {m['total_ratio']:g}x of the "
          f"unpruned store)" + (f"\n  {m['encoding']}" if "encoding" in m else "")
-         + (f"; top-k drops {100 * m['tail_mass_t0']:.2f}% of the mass at T₀, "
-            f"{100 * m['tail_mass_tmin']:.2f}% at T_min" if "tail_mass_t0" in m else "")
+         + (f"; top-k drops {100 * m['tail_mass_t0']:.2f}% of the mass at T₀"
+            f"{at.get('tail_mass_t0', '')}, {100 * m['tail_mass_tmin']:.2f}% at T_min"
+            f"{at.get('tail_mass_tmin', '')}" if "tail_mass_t0" in m else "")
          + f"\n  {artifact.path}")
+
+
+def _measured_at(artifact: Artifact, temperature: float | None, temperature_min: float
+                 ) -> bool:
+    """Whether a store's recorded tail masses (top-k only) are at the asked temperatures:
+    a report, not part of its id: a store pruned before may hold them at other Ts."""
+    if "tail_mass_t0" not in artifact.metrics:
+        return True
+    asked = {"tail_mass_t0": temperature or _preset_temperature(artifact.selectors),
+             "tail_mass_tmin": temperature_min}
+    return artifact.metrics.get("tail_temperatures") == asked
 
 
 def _preset_temperature(selectors: dict) -> float:
