@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -24,7 +25,7 @@ from lpld_cli.checks import at_least
 from lpld_cli.data.augment import CONTRACT
 from lpld_cli.data.presets import DATASETS
 from lpld_cli.errors import ConfigError
-from lpld_cli.storage.encoding import Encoding
+from lpld_cli.storage.encoding import LABEL_ARRAYS, Encoding
 from lpld_cli.storage.labels import COMPONENTS, GROUP, LabelStore, Layout, child_layout
 from lpld_cli.storage.store import Artifact, Store, folder_bytes
 
@@ -79,6 +80,22 @@ def _array_logical(layout: Layout, name: str) -> int:
     return int(layout.rows * math.prod(spec.trailing) * np.dtype(spec.dtype).itemsize)
 
 
+def _components(layout: Layout, disk_bytes: Callable[[str], int]) -> dict[str, Any]:
+    """Logical and disk bytes of each of `COMPONENTS`; the label component also array by
+    array (`arrays`: stored dtype, per-row shape, bytes), since an encoding splits it."""
+    specs = layout.specs()
+    out: dict[str, Any] = {}
+    for component, arrays in COMPONENTS.items():
+        out[component] = {"logical_bytes": sum(_array_logical(layout, a) for a in arrays),
+                          "disk_bytes": sum(disk_bytes(a) for a in arrays)}
+        if arrays == LABEL_ARRAYS:
+            out[component]["arrays"] = {
+                a: {"dtype": specs[a].dtype, "shape": list(specs[a].trailing),
+                    "logical_bytes": _array_logical(layout, a), "disk_bytes": disk_bytes(a)}
+                for a in arrays if a in specs}
+    return out
+
+
 def image_bytes(artifact: Artifact) -> int:
     """The PNG bytes of an image set."""
     return int(sum(p.stat().st_size for p in (artifact.path / "train").rglob("*.png")))
@@ -108,11 +125,8 @@ def label_row(store: Store, artifact: Artifact) -> dict[str, Any]:
     encoding = labels.encoding
     dtype = encoding.logits_dtype
     group = artifact.path / GROUP
-    components = {}
-    for component, arrays in COMPONENTS.items():
-        components[component] = {
-            "logical_bytes": sum(_array_logical(labels.layout, a) for a in arrays),
-            "disk_bytes": sum(folder_bytes(group / a) for a in arrays if (group / a).is_dir())}
+    components = _components(labels.layout, lambda a: folder_bytes(group / a)
+                             if (group / a).is_dir() else 0)
     logical = sum(c["logical_bytes"] for c in components.values())
     disk = folder_bytes(group)  # components plus the group's own metadata
     images_id = attrs.get("images_id") or (artifact.parents[0] if artifact.parents else None)
@@ -193,10 +207,7 @@ def plan_row(dataset: str, ipc: int, *, epochs: int | None = None,
     full = Layout(all_rows, batch, classes, logits_dtype, replay=CONTRACT,
                   num_images=num_images, image_size=preset.image_size).with_encoding(encoding)
     zarr_layout = full if rows == all_rows else child_layout(full, rows)
-    components = {}
-    for component, arrays in COMPONENTS.items():
-        logical = sum(_array_logical(zarr_layout, a) for a in arrays)
-        components[component] = {"logical_bytes": logical, "disk_bytes": logical}
+    components = _components(zarr_layout, lambda a: _array_logical(zarr_layout, a))
     logical = sum(c["logical_bytes"] for c in components.values())
     per_image = image_bytes_per_image or preset.image_size ** 2 * preset.channels
     img = per_image * num_images

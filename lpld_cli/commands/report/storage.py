@@ -113,6 +113,11 @@ def human(rows: list[dict[str, Any]], unit: str | None = None) -> str:
         for component, c in row["components"].items():  # storage.labels.COMPONENTS' order
             out.append(f"  {component:<16} {b(c['logical_bytes']):>12} "
                        f"{b(c['disk_bytes']):>24}")
+            arrays = c.get("arrays", {})
+            for name, a in arrays.items() if len(arrays) > 1 else ():  # an encoding's parts
+                shape = " x ".join(str(n) for n in a["shape"])
+                out.append(f"    {name:<14} {b(a['logical_bytes']):>12} "
+                           f"{b(a['disk_bytes']):>24}  {a['dtype']} [{shape}] per row")
         out.append(f"  {'total':<16} {b(row['logical_bytes']):>12} "
                    f"{b(row['disk_bytes']):>24}")
         out.append(f"  {row['files']:,} files in the Zarr store")
