@@ -55,7 +55,12 @@ class _StageModule(ModuleType):
 
 
 def stage_module(name: str) -> None:
-    """Make the stage module `name` callable as its function (each stage calls this)."""
+    """Make the stage module `name` callable as its function (each stage calls this), and
+    tune the process's allocator for computing (`allocator.py`: a process that imports a
+    stage computes; `ls`, `show` and `--help` never do)."""
+    from lpld_cli import allocator
+
+    allocator.tune()
     sys.modules[name].__class__ = _StageModule
 
 
