@@ -49,7 +49,7 @@ from lpld_cli.data.label_pool import put_until_stopped, random_pool_rows
 from lpld_cli.data.presets import DATASETS, Preset, get_preset
 from lpld_cli.device import PRECISIONS, check_precision, default_precision
 from lpld_cli.errors import ConfigError
-from lpld_cli.models.teacher import group_logits, load_teacher
+from lpld_cli.models.teacher import group_logits, load_teacher, slot_logits
 from lpld_cli.progress import SILENT, Reporter
 from lpld_cli.storage.encoding import Encoding, identity_dict
 from lpld_cli.storage.images import load_image_set
@@ -69,6 +69,7 @@ DONE_DIR = "relabel-shards"
 QUEUE_SHARDS = 2
 # Groups drawn ahead of the device.
 DRAW_AHEAD = 8
+REPLAY_AHEAD = 2  # groups replayed ahead on CPU (float32 pixels: bounded memory)
 DEFAULT_ROWS_PER_FORWARD = 4
 
 
@@ -330,7 +331,10 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
     total = int(sum(len(rows) for _k, rows in units))
     task = reporter.task("relabel rows", total)
     start_time = time.perf_counter()
-    drawer = _Drawer(units, geometry, config, draw_workers)
+    # On CPU the drawing thread also replays each group's pixels (torch releases the GIL:
+    # the pixels of the next forward are made on another core while this one runs).
+    drawer = _Drawer(units, geometry, config, draw_workers,
+                     bank if device.type == "cpu" and draw_workers == 0 else None)
     writer = ShardWriter(label_store, folder / DONE_DIR)
     labelled = 0
     try:
@@ -340,8 +344,10 @@ def _build(folder: Path, config: RelabelConfig, images: Artifact, teacher_artifa
                 if buffer is not None:
                     writer.put(buffer)
                 buffer = ShardBuffer(item.shard, label_store, item.shard_rows, device)
-            logits = group_logits(teacher.model, bank, item.rows, config.batch_size, device,
-                                  config.precision)
+            logits = (group_logits(teacher.model, bank, item.rows, config.batch_size, device,
+                                   config.precision) if item.pixels is None else
+                      slot_logits(teacher.model, item.pixels, item.slots, device,
+                                  config.precision))
             buffer.add(item.places, item.rows, logits, config.batch_size)
             labelled += len(item.places)
             elapsed = time.perf_counter() - start_time
@@ -401,6 +407,8 @@ class _Group:
     shard_rows: int  # rows of the shard being filled
     rows: list[augment.Row | None]
     places: list[tuple[int, int, int]]  # (block, place in the shard, relabel row number)
+    slots: augment.Slots | None = None  # with `pixels`: the group replayed ahead (CPU)
+    pixels: torch.Tensor | None = None
 
 
 def pack_groups(source_rows: Sequence[int], k: int) -> list[list[tuple[int, int]]]:
@@ -470,23 +478,30 @@ class _Drawer:
     _END = object()
 
     def __init__(self, units: list[tuple[int, np.ndarray]], geometry: Geometry,
-                 config: RelabelConfig, workers: int = 0) -> None:
+                 config: RelabelConfig, workers: int = 0,
+                 replay: augment.ImageBank | None = None) -> None:
         self.groups = _Groups(units, geometry, config)
         self.stop = threading.Event()
         self.loader = None
+        self.replay = replay  # the thread also replays each group's pixels from this bank
         if workers > 0:
             self.loader = torch.utils.data.DataLoader(
                 self.groups, batch_size=None, shuffle=False, num_workers=workers,
                 prefetch_factor=max(2, -(-DRAW_AHEAD // workers)), collate_fn=_as_is)
             return
-        self.queue: queue.Queue[Any] = queue.Queue(DRAW_AHEAD)
+        # replayed pixels are float32 batches: keep only a few in flight
+        self.queue: queue.Queue[Any] = queue.Queue(REPLAY_AHEAD if replay else DRAW_AHEAD)
         self.thread = threading.Thread(target=self._run, name="lpld-relabel-draw", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
             for g in range(len(self.groups)):
-                if not put_until_stopped(self.queue, self.stop, self.groups[g]):
+                item = self.groups[g]
+                if self.replay is not None:
+                    item.slots = augment.Slots.of(item.rows, self.groups.config.batch_size)
+                    item.pixels = augment.replay_slots(self.replay, item.slots)
+                if not put_until_stopped(self.queue, self.stop, item):
                     return
             put_until_stopped(self.queue, self.stop, self._END)
         except BaseException as exc:  # handed to the main thread

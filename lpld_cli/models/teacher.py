@@ -100,7 +100,14 @@ def group_logits(model: torch.nn.Module, bank: ImageBank, rows: Sequence[Row | N
     a resumed run or another rank recompute any row with the same bits.
     """
     slots = Slots.of(rows, batch_size)
-    out = forward_logits(model, replay_slots(bank, slots), device, precision)
+    return slot_logits(model, replay_slots(bank, slots), slots, device, precision)
+
+
+def slot_logits(model: torch.nn.Module, pixels: torch.Tensor, slots: Slots,
+                device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """`group_logits` from the group's replayed pixels (relabel replays them ahead of the
+    forward on CPU): one forward, empty slots 0."""
+    out = forward_logits(model, pixels, device, precision)
     return out.masked_fill((slots.image_index < 0).to(out.device).unsqueeze(1), 0.0)
 
 
