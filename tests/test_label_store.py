@@ -137,18 +137,19 @@ def test_a_flipped_byte_fails_its_checksum_without_the_manifest(label_store: Pat
 
 @pytest.mark.parametrize(("rows", "chunk", "shards"), [
     (600, 38, 16),  # Fashion-MNIST IPC10, E=300: ceil(600/16) rows per chunk, one per shard
-    (10, 1, 10),  # fewer rows than MIN_SHARDS: a row per shard
     (200, 13, 16),
+    (40, 8, 5),  # shards of at least 8 rows
+    (5, 5, 1),  # a few rows (e.g. relabel --keep 40x of 200): one file per array
 ])
 def test_default_layout_gives_every_rank_of_a_node_work(rows: int, chunk: int,
                                                         shards: int) -> None:
-    """At least 16 shards where the rows allow (a fixed rule, never the world size), so
-    torchrun ranks share a small store too; the numbers are a hand computation."""
+    """At least 16 shards of 8 rows or more where the rows allow (a fixed rule, never the
+    world size), so torchrun ranks share a small store too; a hand computation."""
     from lpld_cli.storage.labels import Layout
 
     layout = Layout(rows, 50, 10, "float16", "zstd", 2, 100, 28)
     assert (layout.chunk(), layout.shards()) == (chunk, shards)
-    assert layout.shard() == chunk  # one chunk per shard: each shard is ≤ 1/16 of the rows
+    assert layout.shard() == chunk  # one chunk per shard
 
 
 def test_default_layout_at_imagenet_1k_ipc200_holds_a_few_thousand_files() -> None:

@@ -25,9 +25,9 @@ from tests.conftest import needs_fmnist
 PINNED: dict[str, Any] = {
     "teacher": "6faa0a2f109394eed66328b8654d46ff95070c33547f9993ecd1dcd09c9f457b",
     "images": "a5519b01667c84c2bc0b6e4bb9af0b038738e05534e34e78df397bd0b6a6958b",
-    "labels": "d0f6c0a08ddfd2962246f86983c3e474c163568a55871493aeac2114cb616bc6",
-    "pruned": "238fc6c7029e1b1598dbcf05394f486c0ea86190b6a702157bbdcff97a043d37",
-    "student": "43cc5c1c24531de34fd7a2c442c2bf12157d6255331a537f22827a11c23256fd",
+    "labels": "4699f4410b1b78a8baa0f4b0abaabd5bfce11d1c5b22ed22302edbcccb14f265",
+    "pruned": "a762a57b097fc6b36ab5b16587531098b6d2116982ec77d64514c669fb63caa9",
+    "student": "dc763353863a0de707a75388c80200932307fdef90d7d2483414844e150ed14b",
     "teacher_top1": 0.5801,
     "self_top1": 0.1,
     "student_top1": 0.1499,

@@ -64,7 +64,7 @@ def command(
                                        "byte shuffle).")] = "zstd",
     rows_per_chunk: Annotated[int | None, typer.Option(
         help="Stored batches per Zarr chunk [default: ~4 MB of logits per chunk, at most "
-             "1/16 of the rows].",
+             "1/16 of the rows but 8 or more].",
         show_default=False)] = None,
     rows_per_shard: Annotated[int | None, typer.Option(
         help="Stored batches per shard file, a multiple of --rows-per-chunk: the unit of "

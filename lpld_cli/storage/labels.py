@@ -49,15 +49,17 @@ CODECS = ("zstd", "lz4", "gzip", "none")
 TARGET_CHUNK_BYTES = 4 << 20
 MAX_ROWS_PER_CHUNK = 256
 # Shards: ~256 MB of rows per file, at most MAX_SHARDS files per array, and at least
-# MIN_SHARDS where the rows allow, so that up to MIN_SHARDS torchrun ranks share even a
-# small store's work (a fixed number: the layout never depends on the world size).
+# MIN_SHARDS of MIN_SHARD_ROWS rows or more where the rows allow, so that up to MIN_SHARDS
+# torchrun ranks share even a small store's work (fixed numbers: the layout never depends
+# on the world size), while a store of a few rows stays one file per array.
 TARGET_SHARD_BYTES = 256 << 20
 MAX_SHARDS = 512
 MIN_SHARDS = 16
+MIN_SHARD_ROWS = 8
 # The rule that sizes default chunks and shards, recorded in the identity of every label
 # store (relabel, prune): a new rule writes other files, so it must name other artifacts.
-# 1: bytes only; 2: and at least MIN_SHARDS shards.
-LAYOUT_RULE = 2
+# 1: bytes only; 3: and at least MIN_SHARDS shards of MIN_SHARD_ROWS rows or more.
+LAYOUT_RULE = 3
 # Attributes LabelStore.create sets itself (never copied from a parent).
 LAYOUT_ATTRS = ("num_classes", "batch_size", "rows", "rows_per_chunk", "rows_per_shard",
                 "logits_dtype", "codec", "replay", "topk", "topk_fill", "fill_temperature",
@@ -174,7 +176,7 @@ class Layout:
         if self.rows_per_chunk is not None:
             return min(self.rows_per_chunk, self.rows)
         return min(rows_per_chunk_for(self.batch_size, self.num_classes, self.encoding),
-                   max(1, math.ceil(self.rows / MIN_SHARDS)))
+                   max(MIN_SHARD_ROWS, math.ceil(self.rows / MIN_SHARDS)), max(1, self.rows))
 
     def shard(self) -> int:
         """Rows per shard file: whole chunks, ~TARGET_SHARD_BYTES, at most MAX_SHARDS and
