@@ -172,9 +172,9 @@ def test_frontier_quick_end_to_end(tmp_path: Path) -> None:
         assert all(a[axis] > b[axis] for a, b in zip(fp16, fp16[1:], strict=False))
         assert all(r[f"vs_lpld_{axis}"] == 0 for r in fp16)  # the curve itself
     budget = next(r for r in fp16 if r["ratio"] == BUDGET_RATIO)
-    for r in d["rows"]:  # every encoding sits at the budget's logits bytes (±25%)
+    for r in d["rows"]:  # every encoding at most the budget's logits bytes, within 25%
         if r["family"] != "float16":
-            assert abs(r["logits_bytes"] / budget["logits_bytes"] - 1) < 0.25, r["label"]
+            assert 0.75 < r["logits_bytes"] / budget["logits_bytes"] <= 1, r["label"]
     # the budget check: twice and four times the plan's 5 student epochs
     assert [list(r["top1"]) for r in d["plateau"]] == [["5", "10", "20"]] * 4
     assert res["findings"] == findings(res["sets"], [p.name for p in plans(True)])
