@@ -3,11 +3,12 @@ backwards of small models stop page-faulting.
 
 glibc hands blocks over its mmap threshold straight back to the OS when freed, and trims
 the heap top above 128 KB: a forward of the Fashion-MNIST ConvNet (batch 50, width 64,
-~10 MB per activation) then maps, faults in and unmaps every activation afresh. Measured
-on the 2-core machine, one thread: 36-42 ms per forward as glibc ships, 19-20 ms with both
-thresholds raised (either alone: no gain). A process that already freed a large block has
-glibc's adaptive threshold raised and runs fast by accident, so two measurements of the
-same model could differ 2x; with `tune()` every lpld process runs the same way.
+~10 MB per activation) then maps, faults in and unmaps every activation afresh, and
+spends much of the forward doing so; raising only one of the two thresholds does not help.
+A process that already freed a large block has glibc's adaptive threshold raised and runs
+fast by accident, so two measurements of the same model could differ for no visible
+reason; with `tune()` every lpld process runs the same way (`benchmarks/relabel_speed.py`
+compares relabel with a pure forward under it).
 
 The cost: up to TRIM_THRESHOLD of freed memory stays in the process (peak RSS does not
 change). Only glibc's `mallopt` is called; on other C libraries nothing happens.
