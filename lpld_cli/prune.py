@@ -411,14 +411,11 @@ def _tail_masses(source: LabelStore, rows: np.ndarray, k: int,
     return {key: total / max(count, 1) for key, total in sums.items()}
 
 
-def tail_metrics(store: Store, artifact: Artifact, tail_at: dict[str, float]
-                 ) -> dict[str, Any]:
-    """A top-k `artifact`'s tail masses at `tail_at` ({metric name: T}) and `tail_temperatures`
-    (those Ts): its manifest's when they were measured at these Ts, else measured again on
-    its parent's labels over the rows it kept (a cached store pruned with other Ts)."""
-    m = artifact.metrics
-    if m.get("tail_temperatures") == tail_at and all(k in m for k in tail_at):
-        return {**{k: m[k] for k in tail_at}, "tail_temperatures": dict(tail_at)}
+def _remeasured_tails(store: Store, artifact: Artifact, tail_at: dict[str, float]
+                      ) -> dict[str, Any]:
+    """A top-k `artifact`'s tail masses at `tail_at` ({metric name: T}) and
+    `tail_temperatures` (those Ts), measured again on its parent's labels over the rows it
+    kept (a cached store pruned with other Ts)."""
     parent = store.get(artifact.parents[0], kind="labels")
     source = LabelStore.open(parent.path, parent.id)
     child = LabelStore.open(artifact.path, artifact.id)
@@ -490,7 +487,7 @@ def prune(store: Store, config: PruneConfig, parent: Artifact, *, force: bool = 
     if encoding.is_topk and artifact.metrics.get("tail_temperatures") != tail_at:
         stale = artifact.metrics.get("tail_temperatures") or {}
         metrics = {k: v for k, v in artifact.metrics.items() if k not in stale}
-        metrics.update(tail_metrics(store, artifact, tail_at))
+        metrics.update(_remeasured_tails(store, artifact, tail_at))
         artifact = replace(artifact, manifest={**artifact.manifest, "metrics": metrics})
     return artifact
 

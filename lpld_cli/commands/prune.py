@@ -101,13 +101,13 @@ def command(
     else:
         parent = resolve_parent(common, "labels", None, newest, ipc=ipc, dataset=dataset,
                                 method=method, ratio=1.0)
-    t0 = temperature or _preset_temperature(parent.selectors)
+    tail_at = _tail_at(parent.selectors, temperature, temperature_min)
     if (config.topk_fill == "lme" and config.fill_temperature is None
             and parent_attrs(parent).get("topk_fill") != "lme"):
-        config = replace(config, fill_temperature=t0)
+        config = replace(config, fill_temperature=tail_at["tail_mass_t0"])
     with RichReporter() as reporter:
         artifact = prune(common.store, config, parent, force=common.force, reporter=reporter,
-                         tail_at={"tail_mass_t0": t0, "tail_mass_tmin": temperature_min})
+                         tail_at=tail_at)
     if key is not None:
         remember(common.store, key, artifact)
     _report(common, artifact)
@@ -135,9 +135,16 @@ def _measured_at(artifact: Artifact, temperature: float | None, temperature_min:
     a report, not part of its id: a store pruned before may hold them at other Ts."""
     if "tail_mass_t0" not in artifact.metrics:
         return True
-    asked = {"tail_mass_t0": temperature or _preset_temperature(artifact.selectors),
-             "tail_mass_tmin": temperature_min}
+    asked = _tail_at(artifact.selectors, temperature, temperature_min)
     return artifact.metrics.get("tail_temperatures") == asked
+
+
+def _tail_at(selectors: dict, temperature: float | None, temperature_min: float
+             ) -> dict[str, float]:
+    """Where the top-k tail mass is measured: T₀ (`--temperature`, else the preset's) and
+    `--temperature-min`."""
+    return {"tail_mass_t0": temperature or _preset_temperature(selectors),
+            "tail_mass_tmin": temperature_min}
 
 
 def _preset_temperature(selectors: dict) -> float:
