@@ -229,6 +229,59 @@ def _convergence_section(conv: dict[str, Any] | None) -> list[str]:
                                                   if r["top1"] is not None else "n/a"
                                                   for r in rows)]]), ""]
         out += _plateau_line(ipc, conv["budget"][str(ipc)], rows)
+    return [*out, *_plateau_check(conv.get("plateau") or [], conv["budget"])]
+
+
+def plateau_signs(rows: list[dict[str, Any]], budget: dict[str, int]
+                  ) -> list[dict[str, Any]]:
+    """Per IPC of the plateau check (`Tables.plateau` rows): each comparison the claims make,
+    in points at the plan's epochs and at the longer run's, and whether its sign is kept.
+    An IPC with a missing run is left out."""
+    out = []
+    for ipc in sorted({r["ipc"] for r in rows}):
+        cells = [r for r in rows if r["ipc"] == ipc]
+        plan = budget[str(ipc)]
+        longer = max(int(e) for e in cells[0]["top1"])
+        top = {(r["method"], r["ratio"], int(e)): v for r in cells for e, v in r["top1"].items()}
+        if any(v is None for v in top.values()) or longer == plan:
+            continue
+        ratios = sorted({r["ratio"] for r in cells})
+        pairs = [(f"{r:g}×: lpld − {m}", ("lpld", r), (m, r))
+                 for r in ratios for m in ("sre2l", "cda")]
+        pairs += [(f"{r:g}×: {m} − real", (m, r), ("real", r))
+                  for r in ratios for m in ("sre2l", "cda", "lpld")]
+        if max(ratios) > 1.0:  # claim (b): LPLD pruned vs 1×
+            pairs.append((f"lpld {max(ratios):g}× − 1×", ("lpld", max(ratios)), ("lpld", 1.0)))
+        comparisons = []
+        for name, x, y in pairs:
+            d = [100 * (top[(*x, e)] - top[(*y, e)]) for e in (plan, longer)]
+            comparisons.append({"name": name, "plan": d[0], "longer": d[1],
+                                "same_sign": (d[0] >= 0) == (d[1] >= 0)})
+        out.append({"ipc": ipc, "seed": cells[0]["seed"], "plan": plan, "longer": longer,
+                    "cells": [(r["method"], r["ratio"], top[(r["method"], r["ratio"], plan)],
+                               top[(r["method"], r["ratio"], longer)]) for r in cells],
+                    "comparisons": comparisons,
+                    "kept": sum(c["same_sign"] for c in comparisons)})
+    return out
+
+
+def _plateau_check(rows: list[dict[str, Any]], budget: dict[str, int]) -> list[str]:
+    """The headline cells at the plan's epochs and at the plateau check's (one seed), and
+    whether each comparison the claims make keeps its sign there."""
+    out: list[str] = []
+    for c in plateau_signs(rows, budget):
+        plan, longer = c["plan"], c["longer"]
+        out += [f"#### IPC{c['ipc']}: the claims' cells at {plan} and {longer} epochs (seed "
+                f"{c['seed']})", "",
+                _table(["method", "ratio", f"{plan} ep", f"{longer} ep", "change (pp)"],
+                       [[m, f"{r:g}×", f"{100 * a:.1f}", f"{100 * b:.1f}",
+                         f"{100 * (b - a):+.1f}"] for m, r, a, b in c["cells"]]), "",
+                _table(["comparison (pp)", f"{plan} ep", f"{longer} ep", "same sign"],
+                       [[x["name"], f"{x['plan']:+.1f}", f"{x['longer']:+.1f}",
+                         "yes" if x["same_sign"] else "**no**"] for x in c["comparisons"]]),
+                "", f"IPC{c['ipc']}: {c['kept']} of {len(c['comparisons'])} comparisons keep "
+                f"their sign from {plan} to {longer} epochs (one seed: a sign check, not a "
+                "test).", ""]
     return out
 
 

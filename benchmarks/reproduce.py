@@ -93,6 +93,9 @@ class Settings:
     online: list[str] = field(default_factory=lambda: list(ONLINE))  # ... for these images
     hard_ipcs: list[int] = field(default_factory=list)  # hard-label students
     convergence: dict[int, list[int]] = field(default_factory=dict)  # IPC -> train epochs
+    # IPC -> train epochs at which every headline method is trained again at 1× and at
+    # `pruned_ratio` (seed s.seeds[0]): do the comparisons keep their sign at convergence?
+    plateau: dict[int, int] = field(default_factory=dict)
     scaled_down: dict[str, str] = field(default_factory=dict)
     cuts: dict[str, str] = field(default_factory=dict)
 
@@ -123,7 +126,7 @@ def settings(quick: bool) -> Settings:
             quick=True, seeds=[0, 1], ipcs=[10], ratios={10: [1.0, 40.0]},
             ablation_ratios=[1.0, 40.0], epochs={10: 20}, recover_iterations={10: 30},
             teacher=teacher, metrics_seeds=[0], online_ipcs=[10], hard_ipcs=[10],
-            convergence={10: [5, 10, 20, 40]},
+            convergence={10: [5, 10, 20, 40]}, plateau={10: 40},
             scaled_down={**common,
                          "quick run": "teacher on 10,000 images × 2 epochs, IPC10 only, ratios "
                                       "1× and 40×, two seeds, 30 recover iterations, 20 relabel "
@@ -142,6 +145,7 @@ def settings(quick: bool) -> Settings:
         teacher=teacher, metrics_seeds=[0], shared_images=[50], online_ipcs=[10],
         online=["lpld"], hard_ipcs=[], side_seeds=[0], selections=["hard"],
         convergence={10: [50, 100, 200, 300, 600, 1200], 50: [300, 600]},
+        plateau={10: 1200},
         scaled_down={**common,
                      "IPC10 epochs": f"relabel and train {IPC10_EPOCHS} epochs (paper: "
                                      f"300): 100 images in batches of {p.train_batch_size} "
@@ -165,7 +169,9 @@ def settings(quick: bool) -> Settings:
               "IOR at 40× against an epoch-granularity real pool": "IPC10 only",
               "convergence check": "LPLD 1×, seed 0, on the headline label store (fewer "
                                    "epochs read its first epochs, more replay each stored "
-                                   "epoch in turn); IPC50 at 300 and 600 epochs only"})
+                                   "epoch in turn); IPC50 at 300 and 600 epochs only",
+              "plateau check": "IPC10 at 1200 epochs: the four headline image sets at 1× "
+                               "and 40×, seed 0 only (one seed: a sign check, not a test)"})
 
 
 # ------------------------------------------------------------------ the plan
@@ -239,6 +245,10 @@ class Plan:
         for cipc, epochs in s.convergence.items():
             for e in epochs:
                 self.student("lpld", cipc, s.seeds[0], epochs=e)
+        for pipc, e in s.plateau.items():
+            for m in (*METHODS, "real"):
+                for r in (1.0, s.pruned_ratio):
+                    self.student(m, pipc, s.seeds[0], ratio=r, epochs=e)
 
     # ---------------------------------------------------------------- tasks
     def recover_tasks(self, teachers: dict[str, str]) -> dict[tuple, dict[str, Any]]:
@@ -575,7 +585,24 @@ class Tables:
         return {"budget": {str(k): v for k, v in self.s.epochs.items()}, "rows": rows,
                 "what": "LPLD images, 1× stored labels (the plan's label store), one seed; "
                         "fewer epochs than the plan's read the store's first epochs, more "
-                        "replay its epochs in turn"}
+                        "replay its epochs in turn",
+                "plateau": self.plateau()}
+
+    def plateau(self) -> list[dict[str, Any]]:
+        """Every headline image set at 1× and `pruned_ratio`, seed s.seeds[0], at the plan's
+        epochs and at the plateau check's: the cells the claims compare, trained longer."""
+        seed, rows = self.s.seeds[0], []
+        for ipc, e in self.s.plateau.items():
+            for m in (*METHODS, "real"):
+                for r in (1.0, self.s.pruned_ratio):
+                    key = (("train", m, ipc, seed, "stored", 1.0, None, None, None) if r == 1.0
+                           else ("train", m, ipc, seed, "stored", r, GRANULARITY[m], "random",
+                                 None))
+                    at = {self.s.epochs[ipc]: self.r.get(key), e: self.r.get((*key, e))}
+                    rows.append({"ipc": ipc, "method": m, "ratio": r, "seed": seed,
+                                 "top1": {str(k): run["metrics"]["top1"] if run else None
+                                          for k, run in at.items()}})
+        return rows
 
 
 def findings(t: dict[str, Any], s: Settings) -> list[str]:
@@ -632,6 +659,15 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
             out.append(f"Diversity IPC{ipc}: within-class cosine LPLD {a['cosine']['mean']:.4f} "
                        f"vs SRe²L {b['cosine']['mean']:.4f}: LPLD images are "
                        f"{'more' if more else 'less'} diverse (paper Table 1: more diverse).")
+    from benchmarks._render import plateau_signs
+
+    conv = t.get("convergence") or {}
+    for c in plateau_signs(conv.get("plateau") or [], conv.get("budget") or {}):
+        flips = [x["name"] for x in c["comparisons"] if not x["same_sign"]]
+        out.append(f"Plateau check IPC{c['ipc']} (seed {c['seed']}): {c['kept']} of "
+                   f"{len(c['comparisons'])} comparisons keep their sign from {c['plan']} to "
+                   f"{c['longer']} epochs" + (f"; flipped: {', '.join(flips)}" if flips else "")
+                   + ".")
     for row in t["robustness"]["rows"]:
         ior = row["ior_1x"]["mean"]
         if ior is not None:

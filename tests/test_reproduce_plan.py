@@ -56,6 +56,9 @@ def test_cuts_are_stated_and_convergence_planned() -> None:
     # the plan's own budget is the headline student; the other points are extra students
     assert {(k[2], k[9]) for k in conv} == {(10, 50), (10, 100), (10, 200), (10, 300),
                                             (10, 1200), (50, 600)}
+    # the plateau check: every headline image set at 1× and 40× trained 1200 epochs, seed 0
+    assert {(k[1], k[3], k[5]) for k in conv if k[9] == 1200} == {
+        (m, 0, r) for m in ("sre2l", "cda", "lpld", "real") for r in (1.0, 40.0)}
 
 
 def test_lpt_wall_by_hand() -> None:
@@ -135,6 +138,8 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
               "robustness": t.robustness(), "diversity": t.diversity(metrics),
               "convergence": t.convergence()}
     assert all(r["top1"] is not None for r in tables["convergence"]["rows"])
+    plateau = tables["convergence"]["plateau"]  # 4 image sets × (1×, 40×), both budgets
+    assert len(plateau) == 8 and all(None not in r["top1"].values() for r in plateau)
     bn = tables["bn_stats"]  # the ema/exact pair on the same seeds
     assert bn["seeds"] == (s.seeds if s.side_seeds is None else s.side_seeds)
     assert len(bn["rows"]) == 4 and all(r["top1"]["n"] == len(bn["seeds"]) for r in bn["rows"])
@@ -150,8 +155,10 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
         "meta": meta, "teacher": {"model": "convnet", "top1": 0.9}, "tables": tables,
         "findings": findings(tables, s),
         "runs": [{"key": [*k], "metrics": r["metrics"]} for k, r in FakeRunner.results.items()]}))
+    assert any(f.startswith("Plateau check IPC10 (seed 0): ") for f in res["findings"])
     text = render_reproduce(res)
     assert "Convergence check" in text and "Cut to fit" in text and "| real |" in text
+    assert f"comparisons keep their sign from {s.epochs[10]} to {s.plateau[10]} epochs" in text
     assert "in 1.0 min (this invocation: 3 of its 10 runs were already in the store" in text
     assert "0.02 h in this invocation, which found its runs in the store" in text
     assert "An earlier plan" not in text  # the plan is issue 18's
@@ -183,3 +190,22 @@ def test_rates_from_a_reference_that_found_every_run_in_the_store() -> None:
     assert rates["relabel_per_row"] == 24.0 / 600
     assert rates["train_per_step"] == {"stored": 36.0 / 600}
     assert rates["prune"] == 0.07 and rates["train_overhead"] == 8.7
+
+
+def test_plateau_check_signs_by_hand() -> None:
+    """A comparison whose sign flips between the budgets is marked; the count is by hand."""
+    from benchmarks._render import _plateau_check
+
+    top = {("lpld", 1.0): (0.86, 0.87), ("sre2l", 1.0): (0.85, 0.88),  # +1.0 → -1.0: flips
+           ("cda", 1.0): (0.84, 0.85), ("real", 1.0): (0.80, 0.81)}
+    rows = [{"ipc": 10, "method": m, "ratio": r, "seed": 0,
+             "top1": {"600": a, "1200": b}} for (m, r), (a, b) in top.items()]
+    text = "\n".join(_plateau_check(rows, {"10": 600}))
+    assert "| 1×: lpld − sre2l | +1.0 | -1.0 | **no** |" in text
+    assert "| 1×: lpld − cda | +2.0 | +2.0 | yes |" in text
+    assert "| sre2l | 1× | 85.0 | 88.0 | +3.0 |" in text
+    # lpld − {sre2l, cda}, {sre2l, cda, lpld} − real (no pruned ratio: no claim (b))
+    assert "lpld 1× − 1×" not in text
+    assert "IPC10: 4 of 5 comparisons keep their sign from 600 to 1200 epochs" in text
+    rows[0]["top1"]["1200"] = None  # a missing run: no section rather than a wrong one
+    assert _plateau_check(rows, {"10": 600}) == []
