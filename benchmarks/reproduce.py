@@ -31,7 +31,7 @@ from benchmarks._env import (  # noqa: E402
     results_md_path,
     write_json,
 )
-from benchmarks._render import regenerate_results  # noqa: E402
+from benchmarks._render import plateau_signs, regenerate_results  # noqa: E402
 from benchmarks._runner import Runner  # noqa: E402
 from benchmarks._stats import mean_std  # noqa: E402
 from lpld_cli.data.scores import PRUNE_METRICS, SELECTIONS, scored  # noqa: E402
@@ -659,8 +659,6 @@ def findings(t: dict[str, Any], s: Settings) -> list[str]:
             out.append(f"Diversity IPC{ipc}: within-class cosine LPLD {a['cosine']['mean']:.4f} "
                        f"vs SRe²L {b['cosine']['mean']:.4f}: LPLD images are "
                        f"{'more' if more else 'less'} diverse (paper Table 1: more diverse).")
-    from benchmarks._render import plateau_signs
-
     conv = t.get("convergence") or {}
     for c in plateau_signs(conv.get("plateau") or [], conv.get("budget") or {}):
         flips = [x["name"] for x in c["comparisons"] if not x["same_sign"]]
