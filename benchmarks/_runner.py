@@ -5,10 +5,13 @@ store, so a rerun resumes), one phase of stages in a pool of spawned workers
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -108,15 +111,42 @@ class Runner:
                 report(key, run_stage(task))
             return
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(self.threads,)) as pool:
+                                 initializer=_init_worker, initargs=(self.threads,)) as pool, \
+                _sigterm_unwinds():
             futures = {pool.submit(run_stage, task): key for key, task in todo.items()}
             try:
                 for future in as_completed(futures):
                     report(futures[future], future.result())
             except BaseException:
-                for future in futures:
-                    future.cancel()
+                _stop(pool)
                 raise
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler's preemption) unwinds like Ctrl-C, so the pool's
+    workers are stopped rather than left running their stage without a parent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the stages not started and end the running ones now: the store keeps only
+    finished artifacts, so a rerun resumes (shutdown alone waits for every running stage)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        proc.terminate()
 
 
 def _key_text(key: Any) -> str:

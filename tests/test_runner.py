@@ -3,6 +3,11 @@ the same artifacts as the stages called in-process, and a finished student found
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,3 +59,63 @@ def test_a_finished_student_is_found_without_training(store_with_teacher: Store)
 def test_an_unknown_stage_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown stage 'distil'"):
         run_stage({"stage": "distil", "config": {}, "store": str(tmp_path), "device": "cpu"})
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc: a worker of a worker counts too)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped running
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: Store) -> None:
+    """A benchmark killed mid-phase (`kill`, preemption) takes its workers with it: they used to
+    run their stage on, without a parent, competing with the rerun for the CPU."""
+    store = store_with_teacher
+    teacher = store.newest("teacher").id
+    script = (
+        "import sys\n"
+        "from benchmarks._runner import Runner\n"
+        "tasks = {k: {'stage': 'recover', 'teacher': sys.argv[2],\n"
+        "             'config': {'ipc': 1, 'iterations': 1000000, 'seed': k}} for k in (0, 1)}\n"
+        "Runner(sys.argv[1], 'cpu', jobs=2, threads=1).phase('recover', tasks)\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store.root), teacher], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_descendants(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)  # two workers and the resource tracker
+        time.sleep(5)  # the workers are inside their stage
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 3 and proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in workers), "workers outlived the benchmark"
+        assert store.list("images") == []  # neither stage finished: nothing published
+    finally:
+        proc.kill()
+        proc.wait()
