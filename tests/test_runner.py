@@ -102,6 +102,7 @@ def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: St
     proc = subprocess.Popen([sys.executable, "-c", script, str(store.root), teacher], cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120
         while len(_descendants(proc.pid)) < 3 and time.monotonic() < deadline:
@@ -116,6 +117,9 @@ def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: St
             time.sleep(0.5)
         assert not any(_alive(p) for p in workers), "workers outlived the benchmark"
         assert store.list("images") == []  # neither stage finished: nothing published
-    finally:
+    finally:  # a failing run must not leave its workers computing either
+        for pid in {*workers, *_descendants(proc.pid)}:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.wait()
