@@ -61,16 +61,18 @@ def test_an_unknown_stage_is_refused(tmp_path: Path) -> None:
         run_stage({"stage": "distil", "config": {}, "store": str(tmp_path), "device": "cpu"})
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first, then the parent pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc: a worker of a worker counts too)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    """Every live process below `pid` (a worker of a worker counts too)."""
+    stats = {int(e.name): _stat(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()}
+    parents = {p: int(st[1]) for p, st in stats.items() if st}
     found, frontier = set(), {pid}
     while frontier:
         frontier = {p for p, pp in parents.items() if pp in frontier} - found
@@ -79,15 +81,13 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped running
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"  # a zombie has stopped running
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: Store) -> None:
+def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: Store,
+                                                          tmp_path: Path) -> None:
     """A benchmark killed mid-phase (`kill`, preemption) takes its workers with it: they used to
     run their stage on, without a parent, competing with the rerun for the CPU."""
     store = store_with_teacher
@@ -99,9 +99,10 @@ def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: St
         "             'config': {'ipc': 1, 'iterations': 1000000, 'seed': k}} for k in (0, 1)}\n"
         "Runner(sys.argv[1], 'cpu', jobs=2, threads=1).phase('recover', tasks)\n")
     root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "runner.log"  # a file, not a pipe: reading it never waits on the run
     proc = subprocess.Popen([sys.executable, "-c", script, str(store.root), teacher], cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 120
@@ -109,7 +110,7 @@ def test_sigterm_stops_the_workers_and_leaves_no_artifact(store_with_teacher: St
             time.sleep(0.5)  # two workers and the resource tracker
         time.sleep(5)  # the workers are inside their stage
         workers = _descendants(proc.pid)
-        assert len(workers) >= 3 and proc.poll() is None, proc.stdout.read()
+        assert len(workers) >= 3 and proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         deadline = time.monotonic() + 30
