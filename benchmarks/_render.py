@@ -66,7 +66,7 @@ def _intro(res: dict[str, Any]) -> list[str]:
     """The heading, what generated the figures, and the teacher."""
     meta, t = res["meta"], res["teacher"]
     resumed = (f" (this invocation: {meta['cached_runs']} of its {meta['runs']} runs were "
-               "already in the store, made by an earlier invocation that stopped)"
+               "already in the store, made by an earlier run: their time is not in it)"
                if meta.get("cached_runs") else "")
     old_plan = ([f"**An earlier plan, not issue 18's preset settings**: recover iterations "
                  f"{meta['recover_iterations']}, relabel/train epochs {meta['epochs']} per "
@@ -104,10 +104,20 @@ def _estimate_line(meta: dict[str, Any]) -> list[str]:
             + ", ".join(f"{k} {v['wall_seconds'] / 60:.0f} min"
                         for k, v in est["phases"].items())
             + f"), from the per-stage times of {est['rates_from']}; measured: "
-            f"{meta['seconds'] / 3600:.2f} h"
-            + (" in this invocation, which found its runs in the store (an earlier "
-               "invocation's time is in its log, not here)" if meta.get("cached_runs") else "")
-            + ".", ""]
+            + measured_line(meta) + ".", ""]
+
+
+def measured_line(meta: dict[str, Any]) -> str:
+    """The run's wall time: the plan, the mechanism script run after it, and a note when
+    some runs were found in the store (their time is not in the figure)."""
+    mech = meta.get("mechanism_seconds")
+    text = (f"{(meta['seconds'] + mech) / 3600:.2f} h (the plan {meta['seconds'] / 3600:.2f} h"
+            f" + the mechanism {mech / 60:.1f} min)" if mech is not None
+            else f"{meta['seconds'] / 3600:.2f} h")
+    if meta.get("cached_runs"):
+        text += (f" in this invocation, which found {meta['cached_runs']} of its runs in the "
+                 "store (an earlier run's time is in its log, not here)")
+    return text
 
 
 def _table3(t3: dict[str, Any]) -> list[str]:

@@ -825,7 +825,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mechanism:
         from benchmarks import mechanism
 
+        mech_started = time.perf_counter()
         mechanism.run(args, s.quick, args.store, jobs)
+        # run after the plan: its wall time goes beside the plan's
+        result["meta"]["mechanism_seconds"] = round(time.perf_counter() - mech_started, 1)
+        write_json(args.out / f"{name}.json", result)
     target = regenerate_results(args.out)
     log(f"wrote {args.out / (name + '.json')}, {png} and {target} "
         f"in {(time.perf_counter() - started) / 60:.1f} min")

@@ -116,7 +116,7 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
     plan has: the full run once crashed here after 4,000 s of training."""
     import json
 
-    from benchmarks._render import render_reproduce
+    from benchmarks._render import measured_line, render_reproduce
     from benchmarks.reproduce import Tables, findings
     from benchmarks.verdicts import claims, render
 
@@ -159,8 +159,12 @@ def test_tables_verdicts_and_markdown_from_synthetic_results(quick: bool) -> Non
     text = render_reproduce(res)
     assert "Convergence check" in text and "Cut to fit" in text and "| real |" in text
     assert f"comparisons keep their sign from {s.epochs[10]} to {s.plateau[10]} epochs" in text
-    assert "in 1.0 min (this invocation: 3 of its 10 runs were already in the store" in text
-    assert "0.02 h in this invocation, which found its runs in the store" in text
+    assert ("in 1.0 min (this invocation: 3 of its 10 runs were already in the store, made by "
+            "an earlier run: their time is not in it)") in text
+    assert "0.02 h in this invocation, which found 3 of its runs in the store" in text
+    # the mechanism script's time, run after the plan, is added to the plan's
+    meta.update({"seconds": 6480.0, "mechanism_seconds": 540.0, "cached_runs": 0})
+    assert measured_line(meta) == "1.95 h (the plan 1.80 h + the mechanism 9.0 min)"
     assert "An earlier plan" not in text  # the plan is issue 18's
     by = {c["id"]: c for c in claims(res)}
     assert set(by) == {"a", "b", "c", "d", "e"}
