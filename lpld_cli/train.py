@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -73,6 +74,12 @@ LABEL_MODES = ("stored", "online", "hard")
 ONLINE_STREAMS = ("fresh", "relabel")
 OPTIMIZERS = ("adamw", "sgd")
 CHECKPOINT = "checkpoint.pt"
+# A checkpoint serialises the weights, the optimiser state and the history. With epochs of a
+# tenth of a second (IPC10 on a CPU) one per epoch cost ~5% of the run; so one is written
+# when this many seconds of training have passed since the last (every epoch when epochs
+# are longer: ImageNet's). An interrupted run loses at most that much work.
+CHECKPOINT_ENV = "LPLD_CHECKPOINT_SECONDS"
+CHECKPOINT_SECONDS = 30.0
 # Progress evaluations use the first test images only (the final top-1 uses all of them):
 # on Fashion-MNIST a full test pass costs as much as ~70 training steps of IPC10.
 PROBE_IMAGES = 2000
@@ -259,6 +266,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
     """
     device = device or torch.device("cpu")
     config.validate()
+    checkpoint_every = checkpoint_seconds()  # a bad $LPLD_CHECKPOINT_SECONDS fails here
     config = replace(config, precision=check_precision(
         device, config.precision or default_precision(device)))
     w = dist.world()  # N ranks split every row: part of the identity when N > 1
@@ -320,7 +328,7 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
 
     def build(staging: Staging) -> dict[str, Any]:
         return _run(staging, config, spec, data, norm, images, pool, labels, teacher, device,
-                    reporter, every)
+                    reporter, every, checkpoint_every)
 
     stored = labels is not None and pool is not None
     selectors = {"dataset": config.dataset, "ipc": images.selectors.get("ipc"),
@@ -335,8 +343,9 @@ def train(store: Store, config: TrainConfig, images: Artifact, labels: Artifact 
 def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
          norm: dict[str, Any], images: Artifact, pool: LabelPool | None,
          labels: Artifact | None, teacher: Artifact | None, device: torch.device,
-         reporter: Reporter, eval_every: int) -> dict[str, Any]:
-    """Train the student in `staging` (resuming its checkpoint); the manifest's metrics."""
+         reporter: Reporter, eval_every: int, checkpoint_every: float) -> dict[str, Any]:
+    """Train the student in `staging` (resuming its checkpoint, writing one when
+    `checkpoint_every` seconds have passed since the last); the manifest's metrics."""
     seed_everything(config.seed)
     student = _Student.build(config, spec, images, norm, pool, device)
     # before the checkpoint restores the RNG: building the teacher draws from it
@@ -352,6 +361,7 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
     probe = _test_subset(data, PROBE_IMAGES)
     task = reporter.task("train student", config.epochs)
     task.advance(start_epoch)
+    saved_at = time.perf_counter()
     student.model.train()
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -366,10 +376,11 @@ def _run(staging: Staging, config: TrainConfig, spec: dict[str, Any], data: Any,
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < config.epochs:
                 record["test_top1_subset"] = student.split.evaluate(probe, device)["top1"]
             history.append(record)
-            if student.split.w.main:
+            if student.split.w.main and time.perf_counter() - saved_at >= checkpoint_every:
                 _save_checkpoint(staging, student.model, student.optimizer, epoch + 1, history,
                                  source.used_rows, source.label_seconds, step_seconds)
-            kill_point("train.checkpoint", epoch + 1)
+                kill_point("train.checkpoint", epoch + 1)
+                saved_at = time.perf_counter()
             fields = {"loss": record["loss"]}
             if "test_top1_subset" in record:
                 fields["top1"] = record["test_top1_subset"]
@@ -416,7 +427,7 @@ def _write_student(staging: Staging, model: nn.Module, spec: dict[str, Any],
     (staging.path / "metrics.jsonl").write_text("".join(
         json.dumps({k: v for k, v in r.items() if k != "seconds"}, sort_keys=True) + "\n"
         for r in history))
-    (staging.path / CHECKPOINT).unlink()
+    (staging.path / CHECKPOINT).unlink(missing_ok=True)  # none when the run was short
 
 
 # ------------------------------------------------------------------ the label sources
@@ -613,6 +624,23 @@ def _normalisation(data: Any, teacher_data: dict[str, Any] | None) -> dict[str, 
 
 
 # ---------------------------------------------------------------- checkpoints
+def checkpoint_seconds() -> float:
+    """Seconds of training between two student checkpoints: `$LPLD_CHECKPOINT_SECONDS`
+    (0: after every epoch), else CHECKPOINT_SECONDS."""
+    raw = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if not raw:
+        return CHECKPOINT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"{CHECKPOINT_ENV}={raw!r} is not a number of seconds >= 0",
+                          hint="0 writes a checkpoint after every epoch; unset it for "
+                               f"{CHECKPOINT_SECONDS:g} s")
+    return value
+
+
 def _save_checkpoint(staging: Staging, model: nn.Module, optimizer: torch.optim.Optimizer,
                      epoch: int, history: list[dict[str, Any]], used_rows: set[int],
                      label_seconds: float, step_seconds: float) -> None:

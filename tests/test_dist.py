@@ -303,7 +303,7 @@ def student_2(tmp_path_factory: pytest.TempPathFactory, labels_store: Path) -> d
     import time
 
     store = _copy_store(labels_store, tmp_path_factory.mktemp("student2"))
-    procs = spawn([[*TRAIN, "--store", str(store)]] * 2)
+    procs = spawn([[*TRAIN, "--store", str(store)]] * 2, env={"LPLD_CHECKPOINT_SECONDS": "0"})
     deadline = time.monotonic() + 120
     while not list(store.glob("staging/*/checkpoint.pt")):
         assert time.monotonic() < deadline, "no checkpoint was written in time"

@@ -53,7 +53,9 @@ def _cmd(args: list[str], root: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "LPLD_DEBUG"}
+    # a train checkpoint after every epoch: the kill points train.checkpoint:N need one
+    return {k: v for k, v in os.environ.items() if k != "LPLD_DEBUG"} | {
+        "LPLD_CHECKPOINT_SECONDS": "0"}
 
 
 @pytest.fixture(scope="module")

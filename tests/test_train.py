@@ -24,7 +24,7 @@ from lpld_cli.relabel import RelabelConfig, relabel
 from lpld_cli.storage.images import load_image_set
 from lpld_cli.storage.labels import LabelStore, decode_logits
 from lpld_cli.storage.store import Artifact, Store
-from lpld_cli.train import CHECKPOINT, TrainConfig, train
+from lpld_cli.train import CHECKPOINT, CHECKPOINT_ENV, TrainConfig, train
 from tests.conftest import make_real_images, needs_fmnist
 
 pytestmark = needs_fmnist
@@ -310,7 +310,9 @@ class _StopAfter:
         self.logs.append(message)
 
 
-def test_resumed_run_ends_with_the_same_weights(pipeline: dict, tmp_path: Path) -> None:
+def test_resumed_run_ends_with_the_same_weights(pipeline: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")  # a checkpoint after every epoch
     config = replace(TINY, epochs=4)
     root = pipeline["store"].root
     stores = []
@@ -340,6 +342,39 @@ def test_resumed_run_ends_with_the_same_weights(pipeline: dict, tmp_path: Path) 
     assert resumed.metrics["top1"] == whole.metrics["top1"]
     assert resumed.metrics["label_rows_used"] == whole.metrics["label_rows_used"]
     assert len(resumed.file("metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_checkpoints_wait_for_their_interval(pipeline: dict, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs of a fraction of a second write no checkpoint before the interval has passed
+    (one per epoch cost ~5% of an IPC10 run): an interrupted run starts again from epoch 0
+    and still ends on the uninterrupted run's artifact."""
+    shutil.copytree(pipeline["store"].root / "objects", tmp_path / "objects")
+    store = Store(tmp_path)
+    images, pruned = store.get(pipeline["images"].id), store.get(pipeline["pruned"].id)
+    config = replace(TINY, epochs=4, seed=5)
+    monkeypatch.setenv(CHECKPOINT_ENV, "3600")
+    with pytest.raises(KeyboardInterrupt):
+        train(store, config, images, pruned, None, eval_every=0, reporter=_StopAfter(3))
+    staging = next(p for p in store.staging.iterdir() if p.is_dir())
+    assert not (staging / CHECKPOINT).exists()  # 3 epochs done, none written
+    reporter = _StopAfter(10**6)
+    again = train(store, config, images, pruned, None, eval_every=0, reporter=reporter)
+    assert not any("resuming" in line for line in reporter.logs)
+    assert again.id == staging.name and len(again.file("metrics.jsonl").read_text()
+                                            .splitlines()) == 4
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_checkpoint_interval_is_refused_before_any_work(
+        pipeline: dict, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(CHECKPOINT_ENV, value)
+    store = pipeline["store"]
+    before = sorted(store.staging.glob("*"))
+    with pytest.raises(ConfigError, match=f"LPLD_CHECKPOINT_SECONDS={value!r} is not a "
+                                          "number of seconds >= 0"):
+        train(store, replace(TINY, seed=6), pipeline["images"], pipeline["pruned"], None)
+    assert sorted(store.staging.glob("*")) == before  # no staging, no lock
 
 
 # --------------------------------------------------------------------- bad input
