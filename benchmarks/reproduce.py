@@ -827,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
 
         mech_started = time.perf_counter()
         mechanism.run(args, s.quick, args.store, jobs)
-        # run after the plan: its wall time goes beside the plan's
+        # run after the plan: its wall time goes beside the plan's (the JSON is written
+        # again; the first write keeps the plan's figures should the mechanism fail)
         result["meta"]["mechanism_seconds"] = round(time.perf_counter() - mech_started, 1)
         write_json(args.out / f"{name}.json", result)
     target = regenerate_results(args.out)

@@ -633,11 +633,10 @@ def checkpoint_seconds() -> float:
     try:
         value = float(raw)
     except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise ConfigError(f"{CHECKPOINT_ENV}={raw!r} is not a number of seconds >= 0",
-                          hint="0 writes a checkpoint after every epoch; unset it for "
-                               f"{CHECKPOINT_SECONDS:g} s")
+        raise ConfigError(f"{CHECKPOINT_ENV} must be a number of seconds (got {raw!r})",
+                          "0 writes a checkpoint after every epoch; unset it for "
+                          f"{CHECKPOINT_SECONDS:g} s") from None
+    at_least(CHECKPOINT_ENV, value, 0)  # finite: inf and nan are refused too
     return value
 
 
