@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.mechanism import sweep_settings, sweep_tasks
-from benchmarks.reproduce import IPC10_EPOCHS, Plan, Settings, _wall, estimate, settings
+from benchmarks.reproduce import Plan, Settings, _wall, estimate, settings
 from lpld_cli.data.presets import get_preset
 
 P = get_preset("fashion-mnist")
@@ -34,9 +34,8 @@ def test_headline_rows_at_preset_settings() -> None:
                         g = "epoch" if m in ("sre2l", "cda") else "batch"
                         key = ("train", m, ipc, seed, "stored", r, g, "random", None)
                     assert key in tasks, key
-                    # IPC50 at the preset's 300 epochs; IPC10 longer (not converged at 300)
-                    want = P.train_epochs if ipc == 50 else IPC10_EPOCHS
-                    assert tasks[key]["config"]["epochs"] == want
+                    # both IPCs at the preset's 300 epochs (IPC10's convergence: see below)
+                    assert tasks[key]["config"]["epochs"] == P.train_epochs == 300
     # an IPC50 student: 500 images / batch 50 × 300 epochs = 3,000 steps
     assert 500 // P.train_batch_size * P.train_epochs == 3000
     recovers = plan.recover_tasks({"exact": "T", "ema": "E"})
@@ -44,8 +43,7 @@ def test_headline_rows_at_preset_settings() -> None:
         if key[1] != "real":
             assert task["config"]["iterations"] == P.recover_iterations == 500
     relabels = plan.relabel_tasks(dict.fromkeys(plan.images, "img"))
-    assert P.train_epochs == 300 and IPC10_EPOCHS == 600
-    assert {(k[2], t["config"]["epochs"]) for k, t in relabels.items()} == {(10, 600), (50, 300)}
+    assert {(k[2], t["config"]["epochs"]) for k, t in relabels.items()} == {(10, 300), (50, 300)}
 
 
 def test_cuts_are_stated_and_convergence_planned() -> None:
@@ -54,7 +52,7 @@ def test_cuts_are_stated_and_convergence_planned() -> None:
     plan = _full()
     conv = [k for k in plan.students if len(k) == 10]
     # the plan's own budget is the headline student; the other points are extra students
-    assert {(k[2], k[9]) for k in conv} == {(10, 50), (10, 100), (10, 200), (10, 300),
+    assert {(k[2], k[9]) for k in conv} == {(10, 50), (10, 100), (10, 200), (10, 600),
                                             (10, 1200), (50, 600)}
     # the plateau check: every headline image set at 1× and 40× trained 1200 epochs, seed 0
     assert {(k[1], k[3], k[5]) for k in conv if k[9] == 1200} == {
