@@ -348,21 +348,32 @@ def test_checkpoints_wait_for_their_interval(pipeline: dict, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Epochs of a fraction of a second write no checkpoint before the interval has passed
     (one per epoch cost ~5% of an IPC10 run): an interrupted run starts again from epoch 0
-    and still ends on the uninterrupted run's artifact."""
-    shutil.copytree(pipeline["store"].root / "objects", tmp_path / "objects")
-    store = Store(tmp_path)
-    images, pruned = store.get(pipeline["images"].id), store.get(pipeline["pruned"].id)
+    and ends on the same weights as an uninterrupted run checkpointing every epoch."""
+    stores = []
+    for name in ("every", "rare"):
+        shutil.copytree(pipeline["store"].root / "objects", tmp_path / name / "objects")
+        stores.append(Store(tmp_path / name))
     config = replace(TINY, epochs=4, seed=5)
+
+    def parents(store: Store) -> tuple[Artifact, Artifact]:
+        return store.get(pipeline["images"].id), store.get(pipeline["pruned"].id)
+
+    monkeypatch.setenv(CHECKPOINT_ENV, "0")
+    every = train(stores[0], config, *parents(stores[0]), None, eval_every=0)
     monkeypatch.setenv(CHECKPOINT_ENV, "3600")
+    store = stores[1]
     with pytest.raises(KeyboardInterrupt):
-        train(store, config, images, pruned, None, eval_every=0, reporter=_StopAfter(3))
-    staging = next(p for p in store.staging.iterdir() if p.is_dir())
-    assert not (staging / CHECKPOINT).exists()  # 3 epochs done, none written
+        train(store, config, *parents(store), None, eval_every=0, reporter=_StopAfter(3))
+    staging = store.staging / every.id
+    assert staging.is_dir() and not (staging / CHECKPOINT).exists()  # 3 epochs, none written
     reporter = _StopAfter(10**6)
-    again = train(store, config, images, pruned, None, eval_every=0, reporter=reporter)
+    again = train(store, config, *parents(store), None, eval_every=0, reporter=reporter)
     assert not any("resuming" in line for line in reporter.logs)
-    assert again.id == staging.name and len(again.file("metrics.jsonl").read_text()
-                                            .splitlines()) == 4
+    assert again.id == every.id
+    a = load_file(str(every.file("weights.safetensors")))
+    b = load_file(str(again.file("weights.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.file("metrics.jsonl").read_text() == every.file("metrics.jsonl").read_text()
 
 
 @pytest.mark.parametrize("value,message", [
